@@ -1,0 +1,24 @@
+"""dali-mixup: Mixup and CutMix fused into a GPU data pipeline (NVIDIA DALI) for PyTorch.
+
+Public API (see the README): ``MixupConfig``, ``sample_params`` -> ``MixParams``, ``mix_batch``,
+``mix_targets``. Importing this package needs neither a GPU nor CUDA, DALI or CuPy; GPU modules are imported
+when first used.
+"""
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, MODES, PAIRINGS, MixupConfig
+from .mixing import mix_batch, mix_targets
+from .params import MixParams, sample_params
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MODES",
+    "PAIRINGS",
+    "MixParams",
+    "MixupConfig",
+    "mix_batch",
+    "mix_targets",
+    "sample_params",
+]
+
+__version__ = "0.1.0"

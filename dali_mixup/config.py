@@ -1,0 +1,114 @@
+"""``MixupConfig``: what to mix and how, with timm's argument names, validated at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+MODES = ("batch", "pair", "elem")
+PAIRINGS = ("permutation", "flip")
+
+#: ImageNet channel statistics in timm's convention (fractions of 255), RGB order.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _probability(name, value):
+    value = _number(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class MixupConfig:
+    """Mixup / CutMix settings; the names and meanings of timm's ``Mixup``.
+
+    Args:
+        num_classes: number of classes C (>= 1); targets are (B, C).
+        mixup_alpha: α of Beta(α, α) for Mixup λ; 0 disables Mixup.
+        cutmix_alpha: α of Beta(α, α) for CutMix λ; 0 disables CutMix (unless ``cutmix_minmax`` is set).
+        cutmix_minmax: (min, max) fractions of the image side for the CutMix box, 0 < min < max <= 1; when set,
+            CutMix is on (as in timm, it behaves as ``cutmix_alpha=1``), the box size is drawn uniformly from
+            this range and λ is always corrected to the box area.
+        prob: probability that a batch (mode ``batch``), pair or element is mixed at all.
+        switch_prob: probability of CutMix instead of Mixup when both are enabled.
+        mode: ``batch`` (one λ and one choice per batch), ``pair`` (per pair of samples) or ``elem`` (per sample).
+        correct_lam: for CutMix, λ = 1 - (clipped box area / image area).
+        label_smoothing: ε of the soft targets, ``off = ε / C``, ``on = 1 - ε + ε / C``. Default 0.0: unlike
+            timm's ``Mixup`` (whose ``label_smoothing`` defaults to 0.1), no smoothing unless asked for.
+        pairing: ``permutation`` (a random derangement: nobody is paired with itself) or ``flip`` (timm's
+            i <-> B-1-i).
+    """
+
+    num_classes: int
+    mixup_alpha: float = 1.0
+    cutmix_alpha: float = 0.0
+    cutmix_minmax: Optional[Tuple[float, float]] = None
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    mode: str = "batch"
+    correct_lam: bool = True
+    label_smoothing: float = 0.0
+    pairing: str = "permutation"
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise TypeError(f"num_classes must be an int, got {type(self.num_classes).__name__}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            value = _number(name, getattr(self, name))
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0 disables it), got {value}")
+            set_(self, name, value)
+        if self.cutmix_minmax is not None:
+            mm = self.cutmix_minmax
+            if not isinstance(mm, (tuple, list)) or len(mm) != 2:
+                raise ValueError(f"cutmix_minmax must be a (min, max) pair or None, got {mm!r}")
+            lo = _number("cutmix_minmax[0]", mm[0])
+            hi = _number("cutmix_minmax[1]", mm[1])
+            if not 0.0 < lo < hi <= 1.0:
+                raise ValueError(f"cutmix_minmax must satisfy 0 < min < max <= 1, got ({lo}, {hi})")
+            set_(self, "cutmix_minmax", (lo, hi))
+        set_(self, "prob", _probability("prob", self.prob))
+        set_(self, "switch_prob", _probability("switch_prob", self.switch_prob))
+        ls = _number("label_smoothing", self.label_smoothing)
+        if not 0.0 <= ls < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {ls}")
+        set_(self, "label_smoothing", ls)
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
+        if not isinstance(self.correct_lam, bool):
+            raise TypeError(f"correct_lam must be a bool, got {type(self.correct_lam).__name__}")
+
+    @property
+    def effective_cutmix_alpha(self) -> float:
+        """CutMix α as timm uses it: 1.0 whenever ``cutmix_minmax`` is set."""
+        return 1.0 if self.cutmix_minmax is not None else self.cutmix_alpha
+
+    @property
+    def mixes(self) -> bool:
+        """False when this config can never change a sample (no α, no minmax, or prob = 0)."""
+        return self.prob > 0.0 and (self.mixup_alpha > 0.0 or self.effective_cutmix_alpha > 0.0)
+
+    @property
+    def off_on(self) -> Tuple[float, float]:
+        """timm's label-smoothing values ``(off, on)`` = (ε / C, 1 - ε + ε / C)."""
+        off = self.label_smoothing / self.num_classes
+        return off, 1.0 - self.label_smoothing + off

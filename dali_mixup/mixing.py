@@ -1,0 +1,197 @@
+"""``mix_batch``: the fused kernels on torch tensors, CPU (CPU twin) or CUDA (CUDA kernels on torch's stream).
+
+Any loader can call it; the DALI pipeline calls the same kernels. No host synchronisation on CUDA (unless
+``check_labels`` must read CUDA labels, see ``mix_batch``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig
+from .kernels import pixel_math as pm
+from .params import MixParams, sample_params
+from .reference import normalization_constants
+
+__all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
+
+OUT_DTYPES = {torch.float32: pm.OUT_F32, torch.float16: pm.OUT_F16, torch.bfloat16: pm.OUT_BF16}
+LAYOUTS = ("NCHW", "NHWC")
+
+_lock = threading.Lock()
+
+
+def _cpu_kernels():
+    with _lock:  # the first import compiles (or loads numba's cache); do it once
+        from .kernels import cpu
+    return cpu
+
+
+def _cuda_kernels():
+    try:
+        from .kernels import cuda as kernels_cuda
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("CUDA tensors need numba-cuda: pip install 'dali-mixup[cuda13]' "
+                          f"(or numba-cuda[cu12] for CUDA 12): {exc}") from exc
+    return kernels_cuda
+
+
+def _check_images(images) -> Tuple[int, int, int]:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images_u8 must be a torch.Tensor, got {type(images).__name__}")
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images_u8 must have dtype torch.uint8, got {images.dtype}")
+    if images.dim() != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images_u8 must have shape (B, H, W, 3) (NHWC, RGB), got {tuple(images.shape)}")
+    n, h, w, _ = images.shape
+    if n < 1 or h < 1 or w < 1:
+        raise ValueError(f"images_u8 must be a non-empty batch, got shape {tuple(images.shape)}")
+    return n, h, w
+
+
+def _check_labels(labels, n: int, num_classes: int, device: torch.device, check: bool) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor (int64 class indices), got {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match the batch, got {tuple(labels.shape)}")
+    if check:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"labels must lie in [0, num_classes={num_classes}), found {bad}")
+    return labels.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
+
+
+def _check_norm(mean, std) -> Tuple[np.ndarray, np.ndarray]:
+    for name, value in (("mean", mean), ("std", std)):
+        if len(value) != 3 or not all(np.isfinite(float(v)) for v in value):
+            raise ValueError(f"{name} must be 3 finite numbers (RGB, fractions of 255), got {value!r}")
+    if any(float(s) <= 0 for s in std):
+        raise ValueError(f"std must be > 0, got {std!r}")
+    return normalization_constants(mean, std)
+
+
+def _resolve_params(cfg, params, n, h, w, key) -> MixParams:
+    if params is None:
+        return sample_params(cfg, n, h, w, **key)
+    if not isinstance(params, MixParams):
+        raise TypeError(f"params must be a MixParams or None, got {type(params).__name__}")
+    params.check(n, h, w)
+    return params
+
+
+def _flip_array(flip, n) -> Optional[np.ndarray]:
+    if flip is None:
+        return None
+    flip = flip.cpu().numpy() if isinstance(flip, torch.Tensor) else np.asarray(flip)
+    if flip.shape != (n,):
+        raise ValueError(f"flip must have shape ({n},), got {flip.shape}")
+    return flip.astype(bool)
+
+
+def mix_targets(labels, cfg: MixupConfig, params: MixParams, *, dense: bool = True,
+                device: Union[str, torch.device, None] = None, check_labels: bool = True):
+    """Soft targets of a batch for given parameters.
+
+    Args:
+        labels: int64 (B,) class indices (tensor or array-like), CPU or CUDA.
+        cfg: gives ``num_classes`` and ``label_smoothing``.
+        params: the batch's ``MixParams`` (the same λ the images were mixed with).
+        dense: True -> float32 (B, C) ``λ s(y) + (1 - λ) s(y_partner)``; False -> the compact form
+            ``(y_a, y_b, lam)``: int64 (B,), int64 (B,), float32 (B,).
+        device: where the result lives (default: the labels' device).
+        check_labels: raise on labels outside [0, C) (reads CUDA labels back, a synchronisation).
+    """
+    n = params.batch_size
+    device = torch.device(device) if device is not None else (
+        labels.device if isinstance(labels, torch.Tensor) else torch.device("cpu"))
+    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
+    if not dense:
+        partner = torch.from_numpy(params.partner).to(device, non_blocking=True)
+        return labels, labels[partner], torch.from_numpy(params.lam).to(device, non_blocking=True)
+    return _dense_targets(labels, params.pack(), cfg, device)
+
+
+def _dense_targets(labels: torch.Tensor, table: np.ndarray, cfg: MixupConfig, device, table_dev=None):
+    off, on = (np.float32(v) for v in cfg.off_on)
+    out = torch.empty((len(table), cfg.num_classes), dtype=torch.float32, device=device)
+    if device.type == "cuda":
+        k = _cuda_kernels()
+        from numba import cuda
+        if table_dev is None:
+            table_dev = torch.from_numpy(table).to(device, non_blocking=True)
+        with cuda.gpus[device.index or 0]:
+            stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+            k.launch_soft_targets(cuda.as_cuda_array(labels, sync=False), cuda.as_cuda_array(table_dev, sync=False),
+                                  off, on, cuda.as_cuda_array(out, sync=False), stream)
+    else:
+        _cpu_kernels().soft_targets(labels.numpy(), table, off, on, out.numpy())
+    return out
+
+
+def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optional[MixParams] = None, *,
+              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+              out_dtype: torch.dtype = torch.float32, layout: str = "NCHW", flip=None, seed: int = 0,
+              epoch: int = 0, step: int = 0, rank: int = 0,
+              check_labels: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mix, normalise, cast and lay out a uint8 batch in one kernel; soft targets from the same λ.
+
+    Args:
+        images_u8: uint8 (B, H, W, 3) NHWC RGB, on the CPU or a CUDA device.
+        labels: int64 (B,) class indices in [0, num_classes).
+        cfg: the mixing configuration (``mixup_alpha = cutmix_alpha = 0`` or ``prob = 0``: no mixing, plain
+            normalisation and (smoothed) one-hot targets).
+        params: the batch's ``MixParams``; None draws them from the key (seed, epoch, step, rank).
+        mean, std: per-channel statistics, fractions of 255 (timm's convention).
+        out_dtype: torch.float32, torch.float16 or torch.bfloat16 (correctly rounded).
+        layout: "NCHW" or "NHWC" for the output images.
+        flip: optional (B,) bool, samples to mirror horizontally while reading (fused, no extra pass).
+        seed, epoch, step, rank: the key when ``params`` is None.
+        check_labels: raise on labels outside [0, C). With CUDA labels this reads them back (a host
+            synchronisation); pass False when labels are already known valid (the kernel then writes a NaN row
+            for a bad label rather than a wrong target).
+
+    Returns:
+        (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on
+        the device of ``images_u8``. On CUDA the kernels run on torch's current stream, asynchronously.
+    """
+    if not isinstance(cfg, MixupConfig):
+        raise TypeError(f"cfg must be a MixupConfig, got {type(cfg).__name__}")
+    n, h, w = _check_images(images_u8)
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {out_dtype}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    scale, bias = _check_norm(mean, std)
+    device = images_u8.device
+    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
+    params = _resolve_params(cfg, params, n, h, w, dict(seed=seed, epoch=epoch, step=step, rank=rank))
+    table = params.pack(_flip_array(flip, n))
+
+    nchw = layout == "NCHW"
+    shape = (n, 3, h, w) if nchw else (n, h, w, 3)
+    images_out = torch.empty(shape, dtype=out_dtype, device=device)
+    kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
+    src = images_u8.contiguous()
+    out_kind = OUT_DTYPES[out_dtype]
+    if device.type == "cuda":
+        k = _cuda_kernels()
+        from numba import cuda
+        table_dev = torch.from_numpy(table).to(device, non_blocking=True)
+        with cuda.gpus[device.index or 0]:
+            stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+            k.launch_mix_images(cuda.as_cuda_array(src, sync=False), cuda.as_cuda_array(table_dev, sync=False),
+                                scale, bias, cuda.as_cuda_array(kernel_out, sync=False), nchw, out_kind, stream)
+        targets = _dense_targets(labels, table, cfg, device, table_dev)
+    elif device.type == "cpu":
+        _cpu_kernels().mix_images(src.numpy(), table, scale, bias, kernel_out.numpy(), nchw, out_kind)
+        targets = _dense_targets(labels, table, cfg, device)
+    else:
+        raise ValueError(f"images_u8 must be on the CPU or a CUDA device, got {device}")
+    return images_out, targets

@@ -1,0 +1,148 @@
+"""Per-element math shared by the CUDA kernels and their CPU twin (one source).
+
+Every function here is plain Python written in the subset that both ``numba.njit`` (CPU) and
+``numba.cuda.jit(device=True)`` (GPU, and numba's CUDA simulator) compile. ``cpu.py`` and ``cuda.py`` wrap
+these same function objects for their target, so the arithmetic of a mixed, normalised pixel, of a soft
+target and of the float32 -> float16/bfloat16 rounding is written exactly once.
+
+All float arithmetic is float32 (explicit ``np.float32`` casts keep numba from promoting to float64).
+"""
+
+import types
+
+import numpy as np
+
+# Per-sample record layout of the packed parameter table, (B, PARAM_FIELDS) float32.
+# Integers are stored as float32, exact below 2**24 (sizes are validated against that bound).
+P_PARTNER = 0  # index of the partner sample
+P_LAM = 1  # weight of the sample itself (mixup), label weight (all kinds)
+P_KIND = 2  # KIND_COPY, KIND_MIXUP or KIND_CUTMIX
+P_FLIP = 3  # 1.0: this sample is read mirrored horizontally
+P_Y0 = 4  # CutMix box, half-open (y0, y1, x0, x1), in output coordinates
+P_Y1 = 5
+P_X0 = 6
+P_X1 = 7
+PARAM_FIELDS = 8
+
+KIND_COPY = 0
+KIND_MIXUP = 1
+KIND_CUTMIX = 2
+
+OUT_F32 = 0
+OUT_F16 = 1
+OUT_BF16 = 2
+
+
+def mix_value(a, b, wa, wb, scale, bias):
+    """Mixed and normalised value of one channel: ``(a*wa + b*wb) * scale + bias`` in float32.
+
+    ``a``/``b`` are the uint8 channel values of the sample and its partner; ``wa = λ``, ``wb = 1 - λ``;
+    ``scale = 1 / (255 std)`` and ``bias = -mean / std`` fold the normalisation into one multiply-add.
+    """
+    return (np.float32(a) * wa + np.float32(b) * wb) * scale + bias
+
+
+def copy_value(a, scale, bias):
+    """Normalised value of one channel read from a single source (no mixing, or inside a CutMix box)."""
+    return np.float32(a) * scale + bias
+
+
+def source_column(x, width, flip):
+    """Column to read for output column ``x`` of a sample whose horizontal flip flag is ``flip``."""
+    if flip:
+        return width - 1 - x
+    return x
+
+
+def in_box(y, x, y0, y1, x0, x1):
+    """True when pixel (y, x) lies inside the half-open box [y0, y1) x [x0, x1)."""
+    return y >= y0 and y < y1 and x >= x0 and x < x1
+
+
+def f32_bits_to_f16_bits(u):
+    """IEEE float32 bit pattern -> IEEE float16 bit pattern, round to nearest even (as a cast in hardware).
+
+    ``u`` is the float32 pattern as a non-negative integer < 2**32. Handles zeros, subnormals, overflow to
+    infinity, infinities and NaN (quiet NaN kept).
+    """
+    sign = (u >> 16) & 0x8000
+    a = u & 0x7FFFFFFF
+    if a >= 0x7F800000:  # inf or NaN
+        if a > 0x7F800000:
+            return sign | 0x7E00
+        return sign | 0x7C00
+    if a >= 0x477FF000:  # >= 65520 rounds to infinity
+        return sign | 0x7C00
+    if a >= 0x38800000:  # normal in float16: rebias the exponent, round 13 bits away
+        a = a - 0x38000000
+        return sign | ((a + 0x0FFF + ((a >> 13) & 1)) >> 13)
+    e = a >> 23
+    if e < 102:  # below 2**-25: rounds to zero
+        return sign
+    m = (a & 0x7FFFFF) | 0x800000
+    shift = 126 - e  # float16 subnormal unit is 2**-24
+    q = m >> shift
+    rem = m & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if rem > half or (rem == half and (q & 1) == 1):
+        q += 1
+    return sign | q
+
+
+def f32_bits_to_bf16_bits(u):
+    """IEEE float32 bit pattern -> bfloat16 bit pattern, round to nearest even; NaN stays a quiet NaN."""
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return ((u >> 16) | 0x40) & 0xFFFF
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def half_bits(u, out_kind):
+    """float32 bit pattern -> 16-bit pattern of ``out_kind`` (OUT_F16 or OUT_BF16), as a signed int16 value.
+
+    The output buffers of 16-bit kinds are int16 views of the torch float16/bfloat16 tensors, so the pattern
+    is returned in int16's range (two's complement).
+    """
+    if out_kind == OUT_BF16:
+        h = f32_bits_to_bf16_bits(u)
+    else:
+        h = f32_bits_to_f16_bits(u)
+    if h >= 0x8000:
+        h -= 0x10000
+    return h
+
+
+def soft_target(c, ya, yb, lam, off, on):
+    """Soft target of class ``c`` for labels ``ya`` (weight ``lam``) and ``yb`` (weight ``1 - lam``).
+
+    ``off = ε / C`` and ``on = 1 - ε + ε / C`` (timm's label smoothing); a label outside ``[0, C)`` gives NaN
+    for the whole row instead of a silently wrong target.
+    """
+    ta = off
+    if c == ya:
+        ta = on
+    tb = off
+    if c == yb:
+        tb = on
+    return ta * lam + tb * (np.float32(1.0) - lam)
+
+
+_SHARED = ("mix_value", "copy_value", "source_column", "in_box", "f32_bits_to_f16_bits", "f32_bits_to_bf16_bits",
+           "half_bits", "soft_target")
+
+
+def for_target(decorator):
+    """Compile every shared function with ``decorator`` (``numba.njit(...)`` or ``cuda.jit(device=True)``).
+
+    Returns a namespace of compiled functions in which calls between shared functions also resolve to the
+    compiled versions of the same target (each copy gets its own globals), so one source serves all targets.
+    """
+    scope = dict(globals())
+    compiled = {}
+    for name in _SHARED:
+        fn = globals()[name]
+        clone = types.FunctionType(fn.__code__, scope, name, fn.__defaults__, fn.__closure__)
+        clone.__qualname__ = fn.__qualname__
+        clone.__doc__ = fn.__doc__
+        compiled[name] = decorator(clone)
+    scope.update(compiled)
+    return types.SimpleNamespace(**compiled)
