@@ -190,7 +190,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
                                 scale, bias, cuda.as_cuda_array(kernel_out, sync=False), nchw, out_kind, stream)
         targets = _dense_targets(labels, table, cfg, device, table_dev)
     elif device.type == "cpu":
-        _cpu_kernels().mix_images(src.numpy(), table, scale, bias, kernel_out.numpy(), nchw, out_kind)
+        _cpu_kernels().mix_images(src.numpy().reshape(-1), n, h, w, table, scale, bias, kernel_out.numpy().reshape(-1),
+                                  nchw, out_kind)
         targets = _dense_targets(labels, table, cfg, device)
     else:
         raise ValueError(f"images_u8 must be on the CPU or a CUDA device, got {device}")

@@ -59,34 +59,41 @@ def in_box(y, x, y0, y1, x0, x1):
     return y >= y0 and y < y1 and x >= x0 and x < x1
 
 
+F16_NORMAL_MIN = 0x38800000  # float32 pattern of 2**-14, the smallest normal float16
+F16_OVERFLOW = 0x477FF000  # float32 pattern of 65520: this and above round to infinity
+
+
+def f16_bits_normal(a):
+    """float16 pattern of |x| from its float32 pattern ``a``, valid for F16_NORMAL_MIN <= a < F16_OVERFLOW:
+    rebias the exponent and round 13 bits away, nearest even."""
+    n = a - 0x38000000
+    return (n + 0x0FFF + ((n >> 13) & 1)) >> 13
+
+
 def f32_bits_to_f16_bits(u):
     """IEEE float32 bit pattern -> IEEE float16 bit pattern, round to nearest even (as a cast in hardware).
 
     ``u`` is the float32 pattern as a non-negative integer < 2**32. Handles zeros, subnormals, overflow to
-    infinity, infinities and NaN (quiet NaN kept).
+    infinity, infinities and NaN (quiet NaN kept). Written without early exits (selects only) so the CPU
+    compiler can vectorise it; every path is computed and one is picked.
     """
     sign = (u >> 16) & 0x8000
     a = u & 0x7FFFFFFF
-    if a >= 0x7F800000:  # inf or NaN
-        if a > 0x7F800000:
-            return sign | 0x7E00
-        return sign | 0x7C00
-    if a >= 0x477FF000:  # >= 65520 rounds to infinity
-        return sign | 0x7C00
-    if a >= 0x38800000:  # normal in float16: rebias the exponent, round 13 bits away
-        a = a - 0x38000000
-        return sign | ((a + 0x0FFF + ((a >> 13) & 1)) >> 13)
-    e = a >> 23
-    if e < 102:  # below 2**-25: rounds to zero
-        return sign
+    normal = f16_bits_normal(a)
+    # subnormal in float16 (unit 2**-24): shift the full significand; below 2**-25 it shifts out to zero
+    shift = min(max(126 - (a >> 23), 1), 31)
     m = (a & 0x7FFFFF) | 0x800000
-    shift = 126 - e  # float16 subnormal unit is 2**-24
     q = m >> shift
     rem = m & ((1 << shift) - 1)
     half = 1 << (shift - 1)
-    if rem > half or (rem == half and (q & 1) == 1):
-        q += 1
-    return sign | q
+    sub = q + ((rem > half) | ((rem == half) & ((q & 1) == 1)))
+    special = 0x7E00 if a > 0x7F800000 else 0x7C00  # NaN stays a quiet NaN; inf and overflow -> inf
+    res = sub
+    if a >= F16_NORMAL_MIN:
+        res = normal
+    if a >= F16_OVERFLOW:
+        res = special
+    return sign | res
 
 
 def f32_bits_to_bf16_bits(u):
@@ -126,8 +133,8 @@ def soft_target(c, ya, yb, lam, off, on):
     return ta * lam + tb * (np.float32(1.0) - lam)
 
 
-_SHARED = ("mix_value", "copy_value", "source_column", "in_box", "f32_bits_to_f16_bits", "f32_bits_to_bf16_bits",
-           "half_bits", "soft_target")
+_SHARED = ("mix_value", "copy_value", "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits",
+           "f32_bits_to_bf16_bits", "half_bits", "soft_target")
 
 
 def for_target(decorator):
