@@ -34,3 +34,45 @@ def make_batch():
         return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
     return make
+
+
+def _write_jpeg(path, rng, size, mode="RGB", fmt="JPEG"):
+    from PIL import Image
+    w, h = size
+    base = rng.integers(0, 256, 3)
+    arr = np.clip(base + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """ImageFolder: 3 classes x 7 RGB JPEGs (40-90 px, varied aspect) + a grayscale JPEG, a CMYK JPEG, a PNG,
+    a 6x5 image (smaller than any crop) and a non-image file; 25 images in all."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["apple", "banana", "cherry"]):
+        (root / name).mkdir()
+        for i in range(7):
+            _write_jpeg(root / name / f"{i}.jpg", rng, tuple(int(v) for v in rng.integers(40, 91, 2)))
+    _write_jpeg(root / "apple" / "gray.jpg", rng, (50, 40), mode="L")
+    _write_jpeg(root / "banana" / "cmyk.jpg", rng, (45, 60), mode="CMYK")
+    _write_jpeg(root / "cherry" / "photo.png", rng, (64, 48), fmt="PNG")
+    _write_jpeg(root / "cherry" / "tiny.jpg", rng, (6, 5))
+    (root / "cherry" / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def indexed_list(tmp_path_factory):
+    """File list of 23 JPEGs whose label is the sample's index (num_classes=23): targets name the sample."""
+    root = tmp_path_factory.mktemp("indexed")
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(23):
+        _write_jpeg(root / f"img{i:02d}.jpg", rng, (48, 40))
+        lines.append(f"img{i:02d}.jpg {i}")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    return root / "list.txt"

@@ -1,0 +1,143 @@
+"""The DALI graph: one definition, parametrised by device ("gpu": mixed JPEG decode on the GPU; "cpu": a
+CPU-only pipeline, device_id=None), so CPU CI runs the same code as a GPU machine.
+
+in:  encoded images (ImageFolder / file list via readers.file, or WebDataset shards).
+out: ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,), ``flip`` bool (B,)
+     — backend "fused" / "none": the fused kernel runs on these in the iterator (epilogue), flip included;
+     ``images`` float (B, 3, size, size) or (B, size, size, 3) normalised and mixed, ``targets`` float32
+     (B, C) — backend "dali": mixing with DALI's own operators (the baseline and a test oracle).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .config import MixupConfig
+from .datasets import WDS_IMAGE_EXT, WDS_LABEL_EXT, Dataset
+from .params import sample_params
+
+__all__ = ["build_pipeline", "import_dali"]
+
+# Preallocation hints of DALI's ResNet-50 example, for the mixed (GPU) decoder.
+_GPU_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512, hw_decoder_load=0.65)
+_SHUFFLE_BUFFER = 1024
+
+
+def import_dali():
+    """The ``nvidia.dali`` modules, or an ImportError that says what to install."""
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as exc:
+        raise ImportError("the DALI loader needs NVIDIA DALI: pip install 'dali-mixup[cuda13]' "
+                          "(nvidia-dali-cuda130; '[cuda12]' for CUDA 12)") from exc
+    return fn, pipeline_def, types
+
+
+def _parse_cls(cls_bytes):
+    """WebDataset ``.cls`` member (ASCII digits) -> int64 label."""
+    return np.array(int(bytes(cls_bytes).decode("ascii").strip()), dtype=np.int64)
+
+
+class MixParamSource:
+    """External source of the ``dali`` backend: per batch, the parameters of ``sample_params`` for the key
+    (seed, epoch, step, rank), as the per-sample arguments DALI's operators take. Called in batch order; the
+    pipeline runs ``runs_per_epoch`` batches per epoch (the last one padded), so the global call index gives
+    (epoch, step). ``position`` is set when resuming."""
+
+    def __init__(self, cfg: MixupConfig, batch_size: int, size: int, seed: int, rank: int, runs_per_epoch: int):
+        self.cfg, self.batch_size, self.size = cfg, batch_size, size
+        self.seed, self.rank, self.runs_per_epoch = seed, rank, runs_per_epoch
+        self.position = 0
+        self.enabled = lambda epoch: True
+
+    def __call__(self):
+        epoch, step = divmod(self.position, self.runs_per_epoch)
+        self.position += 1
+        n, s = self.batch_size, self.size
+        cfg = self.cfg if self.enabled(epoch) else MixupConfig(self.cfg.num_classes, mixup_alpha=0.0,
+                                                               label_smoothing=self.cfg.label_smoothing)
+        p = sample_params(cfg, n, s, s, seed=self.seed, epoch=epoch, step=step, rank=self.rank)
+        partner = [np.array(v, np.int32) for v in p.partner]
+        lam = [np.array(v, np.float32) for v in p.lam]
+        ids, anchors, shapes = [], [], []
+        for i in range(n):
+            y0, y1, x0, x1 = (int(v) for v in p.box[i])
+            whole = ([i], [[0, 0]], [[s, s]])
+            if p.use_cutmix[i] and y1 > y0 and x1 > x0:  # paste the box from the partner over the whole self
+                whole = ([i, int(p.partner[i])], [[0, 0], [y0, x0]], [[s, s], [y1 - y0, x1 - x0]])
+            ids.append(np.array(whole[0], np.int32))
+            anchors.append(np.array(whole[1], np.int32))
+            shapes.append(np.array(whole[2], np.int32))
+        cut = [np.array(1.0 if c else 0.0, np.float32) for c in p.use_cutmix]
+        return partner, lam, cut, ids, anchors, shapes
+
+
+def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size: int, device: str,
+                   num_threads: int, seed: int, shard_id: int, num_shards: int, device_id: Optional[int],
+                   backend: str, mix_source: Optional[MixParamSource] = None, num_classes: int = 0,
+                   label_smoothing: float = 0.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                   out_dtype: str = "float16", layout: str = "NCHW", checkpoint: Optional[str] = None,
+                   prefetch_queue_depth: int = 2):
+    """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs."""
+    fn, pipeline_def, types = import_dali()
+    decode_device = "mixed" if device == "gpu" else "cpu"
+    hints = _GPU_DECODER_HINTS if device == "gpu" else {}
+    reader_seed = seed  # the same file order on every rank (shards are slices of it); augmentations per rank
+
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed + 7919 * shard_id,
+                  enable_checkpointing=True, prefetch_queue_depth=prefetch_queue_depth)
+    def graph():
+        common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
+                      seed=reader_seed, random_shuffle=train, initial_fill=_SHUFFLE_BUFFER)
+        if dataset.kind == "webdataset":
+            encoded, cls = fn.readers.webdataset(paths=dataset.shards, ext=[WDS_IMAGE_EXT, WDS_LABEL_EXT],
+                                                 missing_component_behavior="error", **common)
+            labels = fn.python_function(cls, function=_parse_cls, num_outputs=1)
+        else:
+            encoded, labels = fn.readers.file(files=dataset.files, labels=dataset.labels, **common)
+        if train:
+            images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
+                                                   random_area=(0.08, 1.0), random_aspect_ratio=(3 / 4, 4 / 3),
+                                                   num_attempts=10, **hints)
+            images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+            flip = fn.random.coin_flip(probability=0.5, dtype=types.BOOL)
+        else:
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **hints)
+            images = fn.resize(images, resize_shorter=image_size / 0.875)
+            images = fn.crop(images, crop=(image_size, image_size))
+            flip = fn.random.coin_flip(probability=0.0, dtype=types.BOOL)
+        labels = fn.cast(labels, dtype=types.INT64)
+        if backend != "dali":
+            return images, fn.reshape(labels, shape=[]), flip
+        return _dali_ops_mixing(fn, types, images, labels, flip, mix_source, num_classes, label_smoothing,
+                                mean, std, out_dtype, layout)
+
+    kwargs = {"checkpoint": checkpoint} if checkpoint else {}
+    return graph(**kwargs)
+
+
+def _dali_ops_mixing(fn, types, images, labels, flip, source, num_classes, smoothing, mean, std, out_dtype,
+                     layout):
+    """Mixup/CutMix with DALI's own operators: permute_batch + arithmetic, multi_paste; then
+    crop_mirror_normalize. Each step is a full pass over the batch (the baseline the fused kernel beats)."""
+    partner, lam, cut, ids, anchors, shapes = fn.external_source(source=source, num_outputs=6, batch=True)
+    lam_t, cut_t = lam, cut  # per-sample scalars; arithmetic needs them where the images are
+    if images.device == "gpu":
+        lam_t, cut_t = lam.gpu(), cut.gpu()
+    images = fn.flip(images, horizontal=fn.cast(flip, dtype=types.INT32))
+    other = fn.permute_batch(images, indices=partner)
+    mixed = images * lam_t + other * (1.0 - lam_t)
+    pasted = fn.multi_paste(images, in_ids=ids, in_anchors=anchors, shapes=shapes, out_anchors=anchors,
+                            dtype=types.FLOAT)
+    mixed = pasted * cut_t + mixed * (1.0 - cut_t)
+    dali_dtype = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}[out_dtype]
+    images = fn.crop_mirror_normalize(mixed, dtype=dali_dtype, output_layout="CHW" if layout == "NCHW" else "HWC",
+                                      mean=[m * 255 for m in mean], std=[s * 255 for s in std])
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    one_hot = fn.one_hot(labels, num_classes=num_classes, on_value=on, off_value=off)
+    other_hot = fn.permute_batch(one_hot, indices=partner)
+    targets = one_hot * lam + other_hot * (1.0 - lam)
+    return images, fn.reshape(labels, shape=[]), targets
