@@ -140,6 +140,14 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from . import bench
+    unknown = set(args.configs) - set(bench.CONFIGS)
+    if unknown:
+        raise SystemExit(f"error: --configs: unknown {sorted(unknown)}; choose from {', '.join(bench.CONFIGS)}")
+    return bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dali-mixup", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,12 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", default="mixed-batch.png", help="PNG of the mixed batch ('' to skip)")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("bench", help="loader throughput: ours vs plain DALI, DALI ops, DALI+timm, DataLoader+timm")
+    p.add_argument("--data", help="ImageFolder (training split); default: the built-in sample dataset")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2, help="DALI threads")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument("--rounds", type=int, default=5, help="measured rounds (after one warm-up round)")
+    p.add_argument("--batches", type=int, default=6, help="batches per configuration per round")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", nargs="+", default=["fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"])
+    p.add_argument("--json", help="write results to this JSON file (and .md, .png beside it)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "image_size", "rounds", "train_per_class"):
+    for name in ("batch_size", "image_size", "rounds", "train_per_class", "threads", "batches"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
     try:

@@ -104,7 +104,7 @@ class DaliMixupLoader:
                 mix_source=self._source, num_classes=self.num_classes,
                 label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
                 out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint)
-            outputs = ["images", "labels", "targets" if self.backend == "dali" else "flip"]
+            outputs = ["images", "labels", "flip" if self.backend == "fused" else "targets"]
             policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
             self._iter = DALIGenericIterator([self._pipe], outputs, reader_name="Reader", last_batch_policy=policy,
                                              auto_reset=False, prepare_first_batch=False)
@@ -137,14 +137,13 @@ class DaliMixupLoader:
             raise
         except RuntimeError as exc:
             raise self._explain(exc) from exc
-        if self.backend == "dali":
+        if self.backend != "fused":
             images = batch["images"].to(self.device, self.out_dtype, non_blocking=True)
             targets = batch["targets"].to(self.device, torch.float32, non_blocking=True)
         else:
             images_u8, labels, flip = batch["images"], batch["labels"], batch["flip"]
             n, h, w, _ = images_u8.shape
-            on = self.backend == "fused" and self._mixing_on(self.epoch)
-            cfg = self.mixup if on else self._no_mix
+            cfg = self.mixup if self._mixing_on(self.epoch) else self._no_mix
             params = sample_params(cfg, n, h, w, seed=self.seed, epoch=self.epoch, step=self.step,
                                    rank=self.shard_id)
             images, targets = mix_batch(images_u8, labels.to(self.device, non_blocking=True), cfg, params,

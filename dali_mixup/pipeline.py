@@ -2,10 +2,11 @@
 CPU-only pipeline, device_id=None), so CPU CI runs the same code as a GPU machine.
 
 in:  encoded images (ImageFolder / file list via readers.file, or WebDataset shards).
-out: ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,), ``flip`` bool (B,)
-     — backend "fused" / "none": the fused kernel runs on these in the iterator (epilogue), flip included;
-     ``images`` float (B, 3, size, size) or (B, size, size, 3) normalised and mixed, ``targets`` float32
-     (B, C) — backend "dali": mixing with DALI's own operators (the baseline and a test oracle).
+out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,),
+     ``flip`` bool (B,); the fused kernel runs on these in the iterator (epilogue), flip included.
+     backend "dali" / "none": ``images`` float16/float32 (B, 3, size, size) or (B, size, size, 3), normalised
+     by crop_mirror_normalize (flip included), ``labels``, ``targets`` float32 (B, C); "dali" mixes with DALI's
+     own operators first (the baseline and a test oracle), "none" is plain DALI without mixing.
 """
 
 from __future__ import annotations
@@ -109,19 +110,28 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
             images = fn.crop(images, crop=(image_size, image_size))
             flip = fn.random.coin_flip(probability=0.0, dtype=types.BOOL)
         labels = fn.cast(labels, dtype=types.INT64)
-        if backend != "dali":
+        if backend == "fused":
             return images, fn.reshape(labels, shape=[]), flip
-        return _dali_ops_mixing(fn, types, images, labels, flip, mix_source, num_classes, label_smoothing,
-                                mean, std, out_dtype, layout)
+        return _dali_ops(fn, types, images, labels, flip, mix_source if backend == "dali" else None,
+                         num_classes, label_smoothing, mean, std, out_dtype, layout)
 
     kwargs = {"checkpoint": checkpoint} if checkpoint else {}
     return graph(**kwargs)
 
 
-def _dali_ops_mixing(fn, types, images, labels, flip, source, num_classes, smoothing, mean, std, out_dtype,
-                     layout):
-    """Mixup/CutMix with DALI's own operators: permute_batch + arithmetic, multi_paste; then
-    crop_mirror_normalize. Each step is a full pass over the batch (the baseline the fused kernel beats)."""
+def _dali_ops(fn, types, images, labels, flip, source, num_classes, smoothing, mean, std, out_dtype, layout):
+    """Everything with DALI's own operators: with a ``source``, Mixup/CutMix by permute_batch + arithmetic and
+    multi_paste (each a full pass over the batch: the baseline the fused kernel beats); then (always)
+    crop_mirror_normalize and one_hot soft targets. Without a source this is plain DALI (backend "none")."""
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    one_hot = fn.one_hot(labels, num_classes=num_classes, on_value=on, off_value=off)
+    dali_dtype = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}[out_dtype]
+    normalize = dict(dtype=dali_dtype, output_layout="CHW" if layout == "NCHW" else "HWC",
+                     mean=[m * 255 for m in mean], std=[s * 255 for s in std])
+    if source is None:
+        images = fn.crop_mirror_normalize(images, mirror=fn.cast(flip, dtype=types.INT32), **normalize)
+        return images, fn.reshape(labels, shape=[]), one_hot
     partner, lam, cut, ids, anchors, shapes = fn.external_source(source=source, num_outputs=6, batch=True)
     lam_t, cut_t = lam, cut  # per-sample scalars; arithmetic needs them where the images are
     if images.device == "gpu":
@@ -132,12 +142,6 @@ def _dali_ops_mixing(fn, types, images, labels, flip, source, num_classes, smoot
     pasted = fn.multi_paste(images, in_ids=ids, in_anchors=anchors, shapes=shapes, out_anchors=anchors,
                             dtype=types.FLOAT)
     mixed = pasted * cut_t + mixed * (1.0 - cut_t)
-    dali_dtype = {"float32": types.FLOAT, "float16": types.FLOAT16, "bfloat16": types.FLOAT}[out_dtype]
-    images = fn.crop_mirror_normalize(mixed, dtype=dali_dtype, output_layout="CHW" if layout == "NCHW" else "HWC",
-                                      mean=[m * 255 for m in mean], std=[s * 255 for s in std])
-    off = smoothing / num_classes
-    on = 1.0 - smoothing + off
-    one_hot = fn.one_hot(labels, num_classes=num_classes, on_value=on, off_value=off)
-    other_hot = fn.permute_batch(one_hot, indices=partner)
-    targets = one_hot * lam + other_hot * (1.0 - lam)
+    images = fn.crop_mirror_normalize(mixed, **normalize)
+    targets = one_hot * lam + fn.permute_batch(one_hot, indices=partner) * (1.0 - lam)
     return images, fn.reshape(labels, shape=[]), targets

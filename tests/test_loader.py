@@ -82,7 +82,9 @@ def test_mixing_off_equals_the_no_mix_pipeline(image_folder):
     loader.mixup_enabled = False
     off = _batches(loader, 2)
     for (pi, pt), (oi, ot) in zip(plain, off):
-        assert torch.equal(pi, oi)
+        # plain DALI (crop_mirror_normalize) and the fused kernel with mixing off: the same crops and flips,
+        # normalised by two implementations
+        torch.testing.assert_close(pi, oi, rtol=0, atol=1e-5)
         off, on = CFG.off_on  # mixing off keeps the configured smoothing: smoothed one-hot rows
         assert torch.equal(pt, torch.nn.functional.one_hot(pt.argmax(1), 3).float())
         torch.testing.assert_close(ot, off + (on - off) * pt, rtol=0, atol=1e-6)
