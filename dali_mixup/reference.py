@@ -60,8 +60,9 @@ def mix_images(images: np.ndarray, params: MixParams, *, mean: Sequence[float], 
             src = x[i].copy()
             src[y0:y1, x0:x1] = x[p, y0:y1, x0:x1]
             out[i] = src * scale + bias
-        elif lam < 1:
-            out[i] = (x[i] * lam + x[p] * (np.float32(1) - lam)) * scale + bias
+        elif lam < 1:  # a·(λs) + (b·((1-λ)s) + bias), the kernels' float32 operation order
+            ka, kb = lam * scale, (np.float32(1) - lam) * scale
+            out[i] = x[i] * ka + (x[p] * kb + bias)
         else:
             out[i] = x[i] * scale + bias
     out = round_float32(out, out_dtype)

@@ -24,6 +24,7 @@ THREADS_X = 128
 THREADS_LABELS = 256
 
 _math = pm.for_target(cuda.jit(device=True, inline="always"))
+_mix_weights = _math.mix_weights
 _mix_value = _math.mix_value
 _copy_value = _math.copy_value
 _source_column = _math.source_column
@@ -86,7 +87,6 @@ def _make_mix_kernel(store):
         from_partner = kind == pm.KIND_CUTMIX and _in_box(
             y, x, np.int32(params[b, pm.P_Y0]), np.int32(params[b, pm.P_Y1]),
             np.int32(params[b, pm.P_X0]), np.int32(params[b, pm.P_X1]))
-        wb = np.float32(1.0) - lam
         for c in range(3):
             s = s0
             o = o0
@@ -97,7 +97,8 @@ def _make_mix_kernel(store):
                 s = s2
                 o = o2
             if kind == pm.KIND_MIXUP:
-                v = _mix_value(src[b, y, xa, c], src[p, y, xb, c], lam, wb, s, o)
+                ka, kb = _mix_weights(lam, s)
+                v = _mix_value(src[b, y, xa, c], src[p, y, xb, c], ka, kb, o)
             elif from_partner:
                 v = _copy_value(src[p, y, xb, c], s, o)
             else:

@@ -33,13 +33,19 @@ OUT_F16 = 1
 OUT_BF16 = 2
 
 
-def mix_value(a, b, wa, wb, scale, bias):
-    """Mixed and normalised value of one channel: ``(a*wa + b*wb) * scale + bias`` in float32.
+def mix_weights(lam, scale):
+    """Per-channel weights of a mixup sample: ``(ka, kb) = (λ·s, (1 − λ)·s)``, float32.
 
-    ``a``/``b`` are the uint8 channel values of the sample and its partner; ``wa = λ``, ``wb = 1 - λ``;
-    ``scale = 1 / (255 std)`` and ``bias = -mean / std`` fold the normalisation into one multiply-add.
+    ``s = 1 / (255 std)`` (and ``bias = -mean / std``) fold the normalisation into the mix, so a mixed value is
+    ``a·ka + (b·kb + bias)``; with λ = 1 this is exactly ``copy_value`` (ka = s, kb = 0).
     """
-    return (np.float32(a) * wa + np.float32(b) * wb) * scale + bias
+    return lam * scale, (np.float32(1.0) - lam) * scale
+
+
+def mix_value(a, b, ka, kb, bias):
+    """Mixed and normalised value of one channel: ``a·ka + (b·kb + bias)`` in float32 (see ``mix_weights``);
+    ``a``/``b`` are the uint8 channel values of the sample and its partner."""
+    return np.float32(a) * ka + (np.float32(b) * kb + bias)
 
 
 def copy_value(a, scale, bias):
@@ -133,7 +139,7 @@ def soft_target(c, ya, yb, lam, off, on):
     return ta * lam + tb * (np.float32(1.0) - lam)
 
 
-_SHARED = ("mix_value", "copy_value", "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits",
+_SHARED = ("mix_weights", "mix_value", "copy_value", "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits",
            "f32_bits_to_bf16_bits", "half_bits", "soft_target")
 
 
