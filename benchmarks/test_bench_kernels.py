@@ -1,8 +1,8 @@
 """Kernel microbenchmarks (pytest-benchmark; off in the normal test run).
 
-Group ``mix-cpu``: the fused CPU kernel (``mix_batch``: mix + normalise + cast + NCHW + targets) against the
-two-pass way (normalise the batch with torch, then timm's ``Mixup`` on it, then cast), B = 64, 224², uint8 ->
-float16. Group ``mix-gpu`` (needs CUDA): the CUDA kernel against timm's ``Mixup`` on CUDA tensors and against a
+Groups ``mix-cpu-B64``/``mix-cpu-B256``: the fused CPU kernel (``mix_batch``: mix + normalise + cast + NCHW +
+targets) against the two-pass way (normalise the batch with torch, then timm's ``Mixup`` on it, then cast),
+224², uint8 -> float16. Group ``mix-gpu`` (needs CUDA): the CUDA kernel against timm's ``Mixup`` on CUDA tensors and against a
 device-to-device copy moving the same bytes (the memory roofline).
 
     python -m pytest benchmarks --benchmark-enable --ratios-md benchmarks/results/kernels-cpu.md
@@ -57,25 +57,31 @@ def _fused(device, images, labels, params):
     return run
 
 
-@pytest.mark.benchmark(group="mix-cpu")
-def test_fused_cpu(benchmark):
-    images, labels, params = _inputs("cpu")
-    benchmark.pedantic(_fused(torch.device("cpu"), images, labels, params), rounds=30, warmup_rounds=3)
+CPU_BATCHES = [64, 256]
 
 
-@pytest.mark.benchmark(group="mix-cpu")
-def test_baseline_two_pass_timm_cpu(benchmark):
-    images, labels, _ = _inputs("cpu")
-    benchmark.pedantic(_two_pass(torch.device("cpu"), images, labels), rounds=30, warmup_rounds=3)
+@pytest.mark.parametrize("n", CPU_BATCHES)
+def test_fused_cpu(benchmark, n):
+    benchmark.group = f"mix-cpu-B{n}"
+    images, labels, params = _inputs("cpu", n)
+    benchmark.pedantic(_fused(torch.device("cpu"), images, labels, params), rounds=15, warmup_rounds=2)
 
 
-@pytest.mark.benchmark(group="mix-cpu")
-def test_normalise_only_torch_cpu(benchmark):
-    images, _, _ = _inputs("cpu")
+@pytest.mark.parametrize("n", CPU_BATCHES)
+def test_baseline_two_pass_timm_cpu(benchmark, n):
+    benchmark.group = f"mix-cpu-B{n}"
+    images, labels, _ = _inputs("cpu", n)
+    benchmark.pedantic(_two_pass(torch.device("cpu"), images, labels), rounds=15, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("n", CPU_BATCHES)
+def test_normalise_only_torch_cpu(benchmark, n):
+    benchmark.group = f"mix-cpu-B{n}"
+    images, _, _ = _inputs("cpu", n)
     mean = torch.tensor(dm.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
     std = torch.tensor(dm.IMAGENET_STD).view(1, 3, 1, 1) * 255
-    benchmark.pedantic(lambda: images.permute(0, 3, 1, 2).float().sub_(mean).div_(std).half(), rounds=30,
-                       warmup_rounds=3)
+    benchmark.pedantic(lambda: images.permute(0, 3, 1, 2).float().sub_(mean).div_(std).half(), rounds=15,
+                       warmup_rounds=2)
 
 
 def _need_gpu():

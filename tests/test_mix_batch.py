@@ -6,7 +6,6 @@ import torch
 from timm.data import mixup as timm_mixup
 
 import dali_mixup as dm
-from dali_mixup import reference as ref
 
 
 def _batch(n=6, h=12, w=10, classes=5, seed=0):
