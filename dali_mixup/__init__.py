@@ -1,11 +1,12 @@
 """dali-mixup: Mixup and CutMix fused into a GPU data pipeline (NVIDIA DALI) for PyTorch.
 
 Public API (see the README): ``MixupConfig``, ``sample_params`` -> ``MixParams``, ``mix_batch``,
-``mix_targets``. Importing this package needs neither a GPU nor CUDA, DALI or CuPy; GPU modules are imported
+``mix_targets``, ``create_dali_loader``. Importing this package needs neither a GPU nor CUDA, DALI or CuPy; GPU modules are imported
 when first used.
 """
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, MODES, PAIRINGS, MixupConfig
+from .loader import DaliMixupLoader, create_dali_loader
 from .mixing import mix_batch, mix_targets
 from .params import MixParams, sample_params
 
@@ -14,8 +15,10 @@ __all__ = [
     "IMAGENET_STD",
     "MODES",
     "PAIRINGS",
+    "DaliMixupLoader",
     "MixParams",
     "MixupConfig",
+    "create_dali_loader",
     "mix_batch",
     "mix_targets",
     "sample_params",

@@ -4,6 +4,7 @@ Subcommands:
   make-sample-data DIR   write the built-in sample dataset (generated JPEGs, ImageFolder layout)
   bench                  loader throughput: ours vs plain DALI, DALI's own ops, DALI + timm, DataLoader + timm
   demo                   one mixed batch from the DALI loader: its soft targets and a picture
+  train                  train a model on the loader (torchrun --nproc_per_node N -m dali_mixup train ...)
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def _cmd_bench(args) -> int:
     return bench.main(args)
 
 
+def _cmd_train(args) -> int:
+    from . import train
+    train.run(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dali-mixup", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,12 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="+", default=["fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"])
     p.add_argument("--json", help="write results to this JSON file (and .md, .png beside it)")
     p.set_defaults(func=_cmd_bench)
+
+    from .train import add_arguments
+    p = sub.add_parser("train", help="train an ImageNet model on the loader (torchrun for many GPUs)")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "image_size", "rounds", "train_per_class", "threads", "batches"):
+    for name in ("batch_size", "image_size", "rounds", "train_per_class", "threads", "batches", "epochs"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
     try:
