@@ -1,8 +1,8 @@
 """Kernel microbenchmarks (pytest-benchmark; off in the normal test run).
 
 Groups ``mix-cpu-B64``/``mix-cpu-B256``: the fused CPU kernel (``mix_batch``: mix + normalise + cast + NCHW +
-targets) against the two-pass way (normalise the batch with torch, then timm's ``Mixup`` on it, then cast),
-224², uint8 -> float16. Group ``mix-gpu`` (needs CUDA): the CUDA kernel against timm's ``Mixup`` on CUDA tensors and against a
+targets) against the two-pass way (normalise the batch with torch, then timm's ``Mixup`` on it, then cast) and
+against DALI's own operators (permute_batch + arithmetic + crop_mirror_normalize), 224², uint8 -> float16. Group ``mix-gpu`` (needs CUDA): the CUDA kernel against timm's ``Mixup`` on CUDA tensors and against a
 device-to-device copy moving the same bytes (the memory roofline).
 
     python -m pytest benchmarks --benchmark-enable --ratios-md benchmarks/results/kernels-cpu.md
@@ -113,3 +113,31 @@ def test_baseline_device_copy_same_bytes_gpu(benchmark):
     src = torch.empty((256, 3, H, W), dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
     benchmark.pedantic(lambda: (dst.copy_(src), _sync(device)), rounds=200, warmup_rounds=10)
+
+
+@pytest.mark.parametrize("n", CPU_BATCHES)
+def test_dali_permute_batch_arithmetic_cpu(benchmark, n):
+    """DALI's own way, inside a CPU-only pipeline: permute_batch + arithmetic Mixup, then
+    crop_mirror_normalize to float16 NCHW (the batch comes in through external_source, which the measured
+    pipeline run includes)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    benchmark.group = f"mix-cpu-B{n}"
+    images, _, params = _inputs("cpu", n)
+    batch = [x.numpy() for x in images]
+    partner = [np.array(p, np.int32) for p in params.partner]
+    lam = [np.array(v, np.float32) for v in params.lam]
+
+    @pipeline_def(batch_size=n, num_threads=2, device_id=None, prefetch_queue_depth=1)
+    def mix():
+        x = fn.external_source(source=lambda: batch, batch=True, layout="HWC")
+        p = fn.external_source(source=lambda: partner, batch=True)
+        w = fn.external_source(source=lambda: lam, batch=True)
+        mixed = x * w + fn.permute_batch(x, indices=p) * (1.0 - w)
+        return fn.crop_mirror_normalize(mixed, dtype=types.FLOAT16, output_layout="CHW",
+                                        mean=[m * 255 for m in dm.IMAGENET_MEAN],
+                                        std=[s * 255 for s in dm.IMAGENET_STD])
+
+    pipe = mix()
+    pipe.build()
+    benchmark.pedantic(pipe.run, rounds=15, warmup_rounds=2)

@@ -56,7 +56,8 @@ class DaliMixupLoader:
     """
 
     def __init__(self, dataset: Dataset, *, batch_size, num_classes, train, image_size, mixup, backend, device,
-                 num_threads, seed, shard_id, num_shards, out_dtype, layout, mean, std, device_id):
+                 num_threads, seed, shard_id, num_shards, out_dtype, layout, mean, std, device_id,
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5):
         self.dataset = dataset
         self.batch_size, self.num_classes, self.train, self.image_size = batch_size, num_classes, train, image_size
         self.mixup, self.backend, self.device_kind = mixup, backend, device
@@ -64,6 +65,7 @@ class DaliMixupLoader:
         self.shard_id, self.num_shards = shard_id, num_shards
         self.out_dtype, self.layout, self.mean, self.std = out_dtype, layout, tuple(mean), tuple(std)
         self.device_id = device_id
+        self.augment = dict(scale=tuple(scale), ratio=tuple(ratio), hflip=float(hflip))
         self.device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
         self.mixup_enabled = mixup is not None and train
         #: optional callable(epoch) -> bool, consulted at every batch (e.g. ``lambda e: e < off_epoch``)
@@ -103,7 +105,7 @@ class DaliMixupLoader:
                 num_shards=self.num_shards, device_id=self.device_id, backend=self.backend,
                 mix_source=self._source, num_classes=self.num_classes,
                 label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
-                out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint)
+                out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint, **self.augment)
             outputs = ["images", "labels", "flip" if self.backend == "fused" else "targets"]
             policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
             self._iter = DALIGenericIterator([self._pipe], outputs, reader_name="Reader", last_batch_policy=policy,
@@ -185,7 +187,9 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                        shard_id: Optional[int] = None, num_shards: Optional[int] = None,
                        out_dtype: torch.dtype = torch.float16, layout: str = "NCHW",
                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                       device_id: Optional[int] = None, skip_corrupt: bool = False) -> DaliMixupLoader:
+                       device_id: Optional[int] = None, skip_corrupt: bool = False,
+                       scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                       hflip: float = 0.5) -> DaliMixupLoader:
     """A DALI loader of ``(images, targets)`` with Mixup/CutMix fused in (see the README).
 
     Args:
@@ -199,6 +203,8 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         shard_id, num_shards: this rank's shard; default from torch.distributed when initialised.
         out_dtype, layout, mean, std: as ``mix_batch``.
         device_id: the GPU (default: ``LOCAL_RANK`` or torch's current device).
+        scale, ratio, hflip: training augmentation, torchvision's ``RandomResizedCrop(scale, ratio)`` and the
+            probability of a horizontal flip (timm's names).
         skip_corrupt: check every image first (header and end marker) and leave corrupt ones out, logging how
             many (``loader.dataset.skipped``). Default: a corrupt image stops iteration with an error naming it.
     """
@@ -221,6 +227,13 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
             raise ValueError(f"mixup.num_classes={mixup.num_classes} differs from num_classes={num_classes}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    for name, pair in (("scale", scale), ("ratio", ratio)):
+        if len(pair) != 2 or not 0 < float(pair[0]) <= float(pair[1]):
+            raise ValueError(f"{name} must be an increasing pair of positive numbers, got {pair!r}")
+    if float(scale[1]) > 1:
+        raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
+    if not 0.0 <= float(hflip) <= 1.0:
+        raise ValueError(f"hflip must be a probability in [0, 1], got {hflip!r}")
     shard_id, num_shards = _default_shards(shard_id, num_shards)
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
@@ -238,4 +251,4 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                            image_size=image_size, mixup=mixup, backend=backend if mixup is not None else "none",
                            device=device, num_threads=num_threads, seed=seed, shard_id=shard_id,
                            num_shards=num_shards, out_dtype=out_dtype, layout=layout, mean=mean, std=std,
-                           device_id=device_id)
+                           device_id=device_id, scale=scale, ratio=ratio, hflip=hflip)

@@ -80,7 +80,7 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                    backend: str, mix_source: Optional[MixParamSource] = None, num_classes: int = 0,
                    label_smoothing: float = 0.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                    out_dtype: str = "float16", layout: str = "NCHW", checkpoint: Optional[str] = None,
-                   prefetch_queue_depth: int = 2):
+                   prefetch_queue_depth: int = 2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
     """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs."""
     fn, pipeline_def, types = import_dali()
     decode_device = "mixed" if device == "gpu" else "cpu"
@@ -100,10 +100,10 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
             encoded, labels = fn.readers.file(files=dataset.files, labels=dataset.labels, **common)
         if train:
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
-                                                   random_area=(0.08, 1.0), random_aspect_ratio=(3 / 4, 4 / 3),
+                                                   random_area=tuple(scale), random_aspect_ratio=tuple(ratio),
                                                    num_attempts=10, **hints)
             images = fn.resize(images, resize_x=image_size, resize_y=image_size)
-            flip = fn.random.coin_flip(probability=0.5, dtype=types.BOOL)
+            flip = fn.random.coin_flip(probability=hflip, dtype=types.BOOL)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **hints)
             images = fn.resize(images, resize_shorter=image_size / 0.875)

@@ -36,6 +36,21 @@ def make_batch():
     return make
 
 
+@pytest.fixture
+def take():
+    """take(loader, count) -> the first ``count`` (images, targets) of an epoch, cloned."""
+
+    def first(loader, count):
+        out = []
+        for images, targets in loader:
+            out.append((images.clone(), targets.clone()))
+            if len(out) == count:
+                break
+        return out
+
+    return first
+
+
 def _write_jpeg(path, rng, size, mode="RGB", fmt="JPEG"):
     from PIL import Image
     w, h = size

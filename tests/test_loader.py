@@ -17,15 +17,6 @@ CFG = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_sm
 COMMON = dict(batch_size=4, num_classes=3, image_size=32, num_threads=1, device="cpu")
 
 
-def _batches(loader, count):
-    out = []
-    for images, targets in loader:
-        out.append((images.clone(), targets.clone()))
-        if len(out) == count:
-            break
-    return out
-
-
 @pytest.mark.parametrize("backend", ["fused", "dali", "none"])
 @pytest.mark.parametrize("layout,dtype", [("NCHW", torch.float16), ("NHWC", torch.float32), ("NCHW", torch.bfloat16)])
 def test_shapes_dtypes_layout_device_and_target_rows(image_folder, backend, layout, dtype):
@@ -66,21 +57,21 @@ def test_train_shuffles_each_epoch_and_sees_every_sample_once(indexed_list):
     assert orders[0] != orders[1] != orders[2]
 
 
-def test_fused_and_dali_backends_agree(image_folder):
+def test_fused_and_dali_backends_agree(image_folder, take):
     kw = dict(mixup=CFG, out_dtype=torch.float32, seed=3, **COMMON)
-    fused = _batches(create_dali_loader(image_folder, backend="fused", **kw), 3)
-    dali = _batches(create_dali_loader(image_folder, backend="dali", **kw), 3)
+    fused = take(create_dali_loader(image_folder, backend="fused", **kw), 3)
+    dali = take(create_dali_loader(image_folder, backend="dali", **kw), 3)
     for (fi, ft), (di, dt) in zip(fused, dali):
         torch.testing.assert_close(ft, dt, rtol=0, atol=1e-6)
         torch.testing.assert_close(fi, di, rtol=0, atol=2e-4)
 
 
-def test_mixing_off_equals_the_no_mix_pipeline(image_folder):
+def test_mixing_off_equals_the_no_mix_pipeline(image_folder, take):
     kw = dict(seed=5, out_dtype=torch.float32, **COMMON)
-    plain = _batches(create_dali_loader(image_folder, mixup=None, **kw), 2)
+    plain = take(create_dali_loader(image_folder, mixup=None, **kw), 2)
     loader = create_dali_loader(image_folder, mixup=CFG, **kw)
     loader.mixup_enabled = False
-    off = _batches(loader, 2)
+    off = take(loader, 2)
     for (pi, pt), (oi, ot) in zip(plain, off):
         # plain DALI (crop_mirror_normalize) and the fused kernel with mixing off: the same crops and flips,
         # normalised by two implementations
@@ -100,29 +91,29 @@ def test_schedule_switches_mixing_by_epoch(image_folder):
     assert all(torch.allclose(t.max(1).values, torch.full((4,), on)) for t in second)
 
 
-def test_same_seed_same_batches_other_seed_other_batches(image_folder):
-    a = _batches(create_dali_loader(image_folder, mixup=CFG, seed=11, **COMMON), 2)
-    b = _batches(create_dali_loader(image_folder, mixup=CFG, seed=11, **COMMON), 2)
-    c = _batches(create_dali_loader(image_folder, mixup=CFG, seed=12, **COMMON), 2)
+def test_same_seed_same_batches_other_seed_other_batches(image_folder, take):
+    a = take(create_dali_loader(image_folder, mixup=CFG, seed=11, **COMMON), 2)
+    b = take(create_dali_loader(image_folder, mixup=CFG, seed=11, **COMMON), 2)
+    c = take(create_dali_loader(image_folder, mixup=CFG, seed=12, **COMMON), 2)
     for (ai, at), (bi, bt) in zip(a, b):
         assert torch.equal(ai, bi) and torch.equal(at, bt)
     assert not torch.equal(a[0][0], c[0][0])
 
 
 @pytest.mark.parametrize("backend", ["fused", "dali"])
-def test_resume_mid_epoch_continues_the_same_stream(image_folder, backend):
+def test_resume_mid_epoch_continues_the_same_stream(image_folder, backend, take):
     kw = dict(mixup=CFG, seed=4, backend=backend, **COMMON)
     loader = create_dali_loader(image_folder, **kw)
     it = iter(loader)
     next(it), next(it)
     state = loader.state_dict()
     rest = [(i.clone(), t.clone()) for i, t in it]  # the rest of epoch 0
-    following = _batches(loader, 2)  # and epoch 1
+    following = take(loader, 2)  # and epoch 1
     resumed = create_dali_loader(image_folder, **kw)
     resumed.load_state_dict(state)
     again = [(i.clone(), t.clone()) for i, t in resumed]
     assert len(again) == len(rest) == len(loader) - 2
-    for (ri, rt), (ai, at) in zip(rest + following, again + _batches(resumed, 2)):
+    for (ri, rt), (ai, at) in zip(rest + following, again + take(resumed, 2)):
         assert torch.equal(ri, ai) and torch.equal(rt, at)
 
 
@@ -242,6 +233,10 @@ def test_too_many_class_folders_for_num_classes(image_folder):
     (dict(mixup=dm.MixupConfig(5)), ValueError, "mixup.num_classes"),
     (dict(shard_id=2, num_shards=2), ValueError, "shard_id"),
     (dict(shard_id=0), ValueError, "together"),
+    (dict(scale=(0.5, 0.1)), ValueError, "scale"),
+    (dict(scale=(0.5, 1.5)), ValueError, "scale"),
+    (dict(ratio=(0.0, 1.0)), ValueError, "ratio"),
+    (dict(hflip=1.5), ValueError, "hflip"),
 ])
 def test_bad_arguments(image_folder, kwargs, exc, match):
     if kwargs.get("device") == "gpu" and torch.cuda.is_available():

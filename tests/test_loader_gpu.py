@@ -12,15 +12,6 @@ CFG = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_sm
 GPU = dict(batch_size=4, num_classes=3, image_size=32, num_threads=2, device="gpu")
 
 
-def _batches(loader, count):
-    out = []
-    for images, targets in loader:
-        out.append((images.clone(), targets.clone()))
-        if len(out) == count:
-            break
-    return out
-
-
 @pytest.mark.parametrize("backend", ["fused", "dali", "none"])
 def test_gpu_shapes_device_and_rows(image_folder, backend):
     loader = create_dali_loader(image_folder, mixup=CFG, backend=backend, **GPU)
@@ -33,18 +24,18 @@ def test_gpu_shapes_device_and_rows(image_folder, backend):
     assert n == len(loader) == 25 // 4
 
 
-def test_gpu_fused_and_dali_backends_agree(image_folder):
+def test_gpu_fused_and_dali_backends_agree(image_folder, take):
     kw = dict(mixup=CFG, out_dtype=torch.float32, seed=3, **GPU)
-    for (fi, ft), (di, dt) in zip(_batches(create_dali_loader(image_folder, backend="fused", **kw), 3),
-                                  _batches(create_dali_loader(image_folder, backend="dali", **kw), 3)):
+    for (fi, ft), (di, dt) in zip(take(create_dali_loader(image_folder, backend="fused", **kw), 3),
+                                  take(create_dali_loader(image_folder, backend="dali", **kw), 3)):
         torch.testing.assert_close(ft, dt, rtol=0, atol=1e-6)
         torch.testing.assert_close(fi, di, rtol=0, atol=2e-4)
 
 
-def test_gpu_same_seed_and_resume(image_folder):
+def test_gpu_same_seed_and_resume(image_folder, take):
     kw = dict(mixup=CFG, seed=4, **GPU)
-    a = _batches(create_dali_loader(image_folder, **kw), 2)
-    b = _batches(create_dali_loader(image_folder, **kw), 2)
+    a = take(create_dali_loader(image_folder, **kw), 2)
+    b = take(create_dali_loader(image_folder, **kw), 2)
     for (ai, at), (bi, bt) in zip(a, b):
         assert torch.equal(ai, bi) and torch.equal(at, bt)
     loader = create_dali_loader(image_folder, **kw)
