@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+
 def _cmd_make_sample_data(args) -> int:
     from .sample_data import make_sample_data
     root = make_sample_data(args.dir, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
