@@ -45,13 +45,6 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def num_labels(self) -> int:
-        """Number of distinct classes the labels can name (class folders, or max label + 1)."""
-        if self.classes is not None:
-            return len(self.classes)
-        return max(self.labels) + 1 if self.labels else 0
-
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)

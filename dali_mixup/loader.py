@@ -148,7 +148,7 @@ class DaliMixupLoader:
             cfg = self.mixup if self._mixing_on(self.epoch) else self._no_mix
             params = sample_params(cfg, n, h, w, seed=self.seed, epoch=self.epoch, step=self.step,
                                    rank=self.shard_id)
-            images, targets = mix_batch(images_u8, labels.to(self.device, non_blocking=True), cfg, params,
+            images, targets = mix_batch(images_u8, labels, cfg, params,
                                         mean=self.mean, std=self.std, out_dtype=self.out_dtype, layout=self.layout,
                                         flip=flip.cpu().numpy(), check_labels=False)
         self.step += 1
