@@ -7,6 +7,7 @@ one kernel each) -> ``(images, targets)``.
 
 from __future__ import annotations
 
+import collections
 import os
 import warnings
 from typing import Callable, Optional, Sequence, Union
@@ -22,6 +23,7 @@ from .pipeline import MixParamSource, build_pipeline
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES"]
 
 BACKENDS = ("fused", "dali", "none")
+_PREFETCH_DEPTH = 2  # DALI's prefetch queue depth (build_pipeline's default)
 DEVICES = ("auto", "gpu", "cpu")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -45,6 +47,58 @@ def _default_shards(shard_id, num_shards):
     if isinstance(shard_id, bool) or not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
     return shard_id, num_shards
+
+
+class _InFlight:
+    """Keeps DALI-owned batches alive until the GPU work that reads them has completed.
+
+    Memory rule: DALI 2.x (dynamic executor) hands its outputs to torch zero-copy (``torch.from_dlpack``); DALI owns
+    that memory and may reuse it as soon as the last reference is gone, while torch's stream, which runs behind the
+    host, may still have to read it. So a batch read by kernels we queued (the fused epilogue) is held until a CUDA
+    event recorded right after those kernels has completed; a batch handed to the caller as is (backends "none" and
+    "dali" on the GPU) is held until an event recorded at the next call (after the caller's step was queued) has.
+    At most ``depth`` batches are held: past that the host waits for the oldest, i.e. it runs at most ``depth``
+    batches ahead of the GPU. On the CPU nothing is queued, so nothing is held.
+    """
+
+    def __init__(self, depth: int, new_event: Callable = None):
+        self.depth = depth
+        self._new_event = new_event or (lambda: torch.cuda.Event())
+        self._held = collections.deque()  # [event or None, tensors]; None: waiting for the next call's event
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, tensors, *, read_by_queued_work: bool) -> None:
+        """Hold ``tensors`` (a batch's DALI outputs): read by work already queued on torch's current stream, or
+        handed to the caller (then covered by the event of the next ``hold``/``mark``)."""
+        self.mark()
+        self._held.append([self._record() if read_by_queued_work else None, tensors])
+        self._release()
+
+    def mark(self) -> None:
+        """Record one event for the batches handed out since the last call (the caller's step has been queued)."""
+        waiting = [entry for entry in self._held if entry[0] is None]
+        if waiting:
+            event = self._record()
+            for entry in waiting:
+                entry[0] = event
+
+    def clear(self) -> None:
+        """Wait for every held batch's event, then let go of them all (end of an epoch, rebuild)."""
+        self.mark()
+        while self._held:
+            self._held.popleft()[0].synchronize()
+
+    def _record(self):
+        event = self._new_event()
+        event.record()
+        return event
+
+    def _release(self) -> None:
+        while self._held and self._held[0][0] is not None and (
+                len(self._held) > self.depth or self._held[0][0].query()):
+            self._held.popleft()[0].synchronize()  # returns at once when the event has completed
 
 
 class DaliMixupLoader:
@@ -73,6 +127,7 @@ class DaliMixupLoader:
         self.epoch = 0
         self.step = 0
         self._in_epoch = False
+        self._in_flight = _InFlight(depth=_PREFETCH_DEPTH + 2) if self.device.type == "cuda" else None
         self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
                                    label_smoothing=mixup.label_smoothing if mixup is not None else 0.0)
         self._build()
@@ -89,6 +144,9 @@ class DaliMixupLoader:
     def _build(self, checkpoint: Optional[str] = None, position: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
+        if getattr(self, "_in_flight", None) is not None:
+            self._in_flight.clear()  # the old pipeline's buffers: let its queued readers finish first
+
         self._source = None
         if self.backend == "dali":
             runs = self._runs_per_epoch()
@@ -103,6 +161,7 @@ class DaliMixupLoader:
                 self.dataset, batch_size=self.batch_size, train=self.train, image_size=self.image_size,
                 device=self.device_kind, num_threads=self.num_threads, seed=self.seed, shard_id=self.shard_id,
                 num_shards=self.num_shards, device_id=self.device_id, backend=self.backend,
+                prefetch_queue_depth=_PREFETCH_DEPTH,
                 mix_source=self._source, num_classes=self.num_classes,
                 label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
                 out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint, **self.augment)
@@ -142,6 +201,8 @@ class DaliMixupLoader:
         if self.backend != "fused":
             images = batch["images"].to(self.device, self.out_dtype, non_blocking=True)
             targets = batch["targets"].to(self.device, torch.float32, non_blocking=True)
+            if self._in_flight is not None:  # may be DALI's own memory, now the caller's: see _InFlight
+                self._in_flight.hold(tuple(batch.values()), read_by_queued_work=False)
         else:
             images_u8, labels, flip = batch["images"], batch["labels"], batch["flip"]
             n, h, w, _ = images_u8.shape
@@ -151,6 +212,8 @@ class DaliMixupLoader:
             images, targets = mix_batch(images_u8, labels, cfg, params,
                                         mean=self.mean, std=self.std, out_dtype=self.out_dtype, layout=self.layout,
                                         flip=flip.cpu().numpy(), check_labels=False)
+            if self._in_flight is not None:  # the kernels just queued read DALI's memory: see _InFlight
+                self._in_flight.hold(tuple(batch.values()), read_by_queued_work=True)
         self.step += 1
         return images, targets
 
@@ -181,6 +244,25 @@ class DaliMixupLoader:
         self._in_epoch = state["in_epoch"]
 
 
+def _cuda_device_id(device_id: Optional[int]) -> int:
+    """The GPU the loader decodes on and hands its batches to: ``device_id``, else torch's current device (what a
+    training script selected with ``torch.cuda.set_device``, and the only GPU of a rank that sees one through
+    ``CUDA_VISIBLE_DEVICES``). ``LOCAL_RANK`` is not used to choose: it only prompts a warning when it disagrees."""
+    if not torch.cuda.is_available():
+        raise ValueError("device='gpu' but torch sees no CUDA device")
+    count = torch.cuda.device_count()
+    if device_id is None:
+        device_id = torch.cuda.current_device()
+        local_rank = os.environ.get("LOCAL_RANK")
+        if count > 1 and local_rank is not None and local_rank != str(device_id):
+            warnings.warn(f"LOCAL_RANK={local_rank} but torch's current device is cuda:{device_id}: the loader uses "
+                          f"cuda:{device_id}; call torch.cuda.set_device(local_rank) before building it (or pass "
+                          f"device_id) to use another", stacklevel=3)
+    if isinstance(device_id, bool) or not isinstance(device_id, int) or not 0 <= device_id < count:
+        raise ValueError(f"device_id must be an int in [0, torch.cuda.device_count()={count}), got {device_id!r}")
+    return device_id
+
+
 def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_size: int, num_classes: int,
                        train: bool = True, image_size: int = 224, mixup: Optional[MixupConfig] = None,
                        backend: str = "fused", device: str = "auto", num_threads: int = 4, seed: int = 0,
@@ -202,7 +284,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         device: "gpu" (mixed decode on the GPU), "cpu" (CPU-only DALI), "auto" (GPU when torch sees one).
         shard_id, num_shards: this rank's shard; default from torch.distributed when initialised.
         out_dtype, layout, mean, std: as ``mix_batch``.
-        device_id: the GPU (default: ``LOCAL_RANK`` or torch's current device).
+        device_id: the GPU (default: torch's current device, as set by ``torch.cuda.set_device``).
         scale, ratio, hflip: training augmentation, torchvision's ``RandomResizedCrop(scale, ratio)`` and the
             probability of a horizontal flip (timm's names).
         skip_corrupt: check every image first (header and end marker) and leave corrupt ones out, logging how
@@ -237,13 +319,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
     shard_id, num_shards = _default_shards(shard_id, num_shards)
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
-    if device == "gpu":
-        if not torch.cuda.is_available():
-            raise ValueError("device='gpu' but torch sees no CUDA device")
-        if device_id is None:
-            device_id = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
-    else:
-        device_id = None
+    device_id = _cuda_device_id(device_id) if device == "gpu" else None
     dataset = find_dataset(data, num_classes)
     if skip_corrupt:
         dataset = without_corrupt(dataset)

@@ -6,13 +6,13 @@ Any loader can call it; the DALI pipeline calls the same kernels. No host synchr
 
 from __future__ import annotations
 
-import threading
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig
+from . import kernels
 from .kernels import pixel_math as pm
 from .params import MixParams, sample_params
 from .reference import normalization_constants
@@ -22,22 +22,31 @@ __all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
 OUT_DTYPES = {torch.float32: pm.OUT_F32, torch.float16: pm.OUT_F16, torch.bfloat16: pm.OUT_BF16}
 LAYOUTS = ("NCHW", "NHWC")
 
-_lock = threading.Lock()
-
 
 def _cpu_kernels():
-    with _lock:  # the first import compiles (or loads numba's cache); do it once
-        from .kernels import cpu
-    return cpu
+    return kernels.load("cpu")  # the first call compiles (or loads numba's cache)
 
 
 def _cuda_kernels():
     try:
-        from .kernels import cuda as kernels_cuda
+        return kernels.load("cuda")
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("CUDA tensors need numba-cuda: pip install 'dali-mixup[cuda13]' "
                           f"(or numba-cuda[cu12] for CUDA 12): {exc}") from exc
-    return kernels_cuda
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> ``device`` copy, asynchronous on torch's current stream.
+
+    Memory rule: a CUDA copy reads its source when the stream gets to it, not when this returns, so the source must
+    be memory that nothing else will reuse before then. The source here is always a fresh copy in torch's pinned
+    memory, never the caller's buffer (which may be DALI's, recycled by DALI, or NumPy's): torch's caching host
+    allocator keeps a pinned block from reuse until the copies recorded on it have completed. (A pageable source
+    would also make the copy wait for the whole stream to drain.)
+    """
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _check_images(images) -> Tuple[int, int, int]:
@@ -65,7 +74,10 @@ def _check_labels(labels, n: int, num_classes: int, device: torch.device, check:
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(f"labels must lie in [0, num_classes={num_classes}), found {bad}")
-    return labels.to(device=device, dtype=torch.int64, non_blocking=True).contiguous()
+    labels = labels.to(dtype=torch.int64)
+    if labels.device != device:
+        labels = _to_device(labels.cpu(), device) if device.type == "cuda" else labels.to(device)
+    return labels.contiguous()
 
 
 def _check_norm(mean, std) -> Tuple[np.ndarray, np.ndarray]:
@@ -113,8 +125,8 @@ def mix_targets(labels, cfg: MixupConfig, params: MixParams, *, dense: bool = Tr
         labels.device if isinstance(labels, torch.Tensor) else torch.device("cpu"))
     labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
     if not dense:
-        partner = torch.from_numpy(params.partner).to(device, non_blocking=True)
-        return labels, labels[partner], torch.from_numpy(params.lam).to(device, non_blocking=True)
+        partner = _to_device(torch.from_numpy(params.partner), device)
+        return labels, labels[partner], _to_device(torch.from_numpy(params.lam), device)
     return _dense_targets(labels, params.pack(), cfg, device)
 
 
@@ -125,7 +137,7 @@ def _dense_targets(labels: torch.Tensor, table: np.ndarray, cfg: MixupConfig, de
         k = _cuda_kernels()
         from numba import cuda
         if table_dev is None:
-            table_dev = torch.from_numpy(table).to(device, non_blocking=True)
+            table_dev = _to_device(torch.from_numpy(table), device)
         with cuda.gpus[device.index or 0]:
             stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
             k.launch_soft_targets(cuda.as_cuda_array(labels, sync=False), cuda.as_cuda_array(table_dev, sync=False),
@@ -159,7 +171,11 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
 
     Returns:
         (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on
-        the device of ``images_u8``. On CUDA the kernels run on torch's current stream, asynchronously.
+        the device of ``images_u8``. On CUDA the kernels run on torch's current stream, asynchronously: they read
+        ``images_u8`` when the stream reaches them, so its memory must not be reused or overwritten before then.
+        Torch-owned tensors are safe (torch's allocator is stream-ordered); memory owned by someone else (DALI's
+        zero-copy outputs) must be kept alive until an event recorded after this call has completed, as the DALI
+        loader does. Labels and the parameter table go to the GPU through torch's pinned memory.
     """
     if not isinstance(cfg, MixupConfig):
         raise TypeError(f"cfg must be a MixupConfig, got {type(cfg).__name__}")
@@ -183,7 +199,7 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
     if device.type == "cuda":
         k = _cuda_kernels()
         from numba import cuda
-        table_dev = torch.from_numpy(table).to(device, non_blocking=True)
+        table_dev = _to_device(torch.from_numpy(table), device)
         with cuda.gpus[device.index or 0]:
             stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
             k.launch_mix_images(cuda.as_cuda_array(src, sync=False), cuda.as_cuda_array(table_dev, sync=False),

@@ -18,6 +18,7 @@ from numba import cuda
 from numba.cuda import config as _cuda_config
 from numba.cuda import types as _t
 
+from . import genuine_print
 from . import pixel_math as pm
 
 THREADS_X = 128
@@ -145,7 +146,8 @@ SIGNATURES = {
 def compile_ptx(name, cc):
     """PTX of kernel ``name`` for compute capability ``cc`` (e.g. (9, 0)); needs no GPU."""
     fn, sig = SIGNATURES[name]
-    ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
+    with genuine_print():  # numba-cuda imports typing modules lazily while compiling (see kernels.genuine_print)
+        ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
     return ptx
 
 
@@ -155,7 +157,8 @@ def kernel(name):
     fn, sig = SIGNATURES[name]
     if _cuda_config.ENABLE_CUDASIM:
         return cuda.jit(fn)
-    return cuda.jit(sig)(fn)
+    with genuine_print():  # numba-cuda imports typing modules lazily while compiling (see kernels.genuine_print)
+        return cuda.jit(sig)(fn)
 
 
 def launch_mix_images(src, params, scale, bias, out, nchw, out_kind, stream=0, threads_x=THREADS_X):

@@ -58,3 +58,42 @@ def test_gpu_eval_matches_cpu_eval(image_folder):
     assert torch.equal(gpu_targets.cpu(), cpu_targets)
     # nvJPEG and libjpeg-turbo may differ by a few grey levels; resizing differs at most a little more
     assert (gpu_images.cpu() - cpu_images).abs().mean() < 0.05
+
+
+def test_gpu_batches_survive_a_stream_running_far_behind(image_folder, monkeypatch):
+    """DALI's zero-copy buffers stay referenced until the kernels that read them have completed: with torch's
+    stream delayed before every kernel (the host runs ahead by more than DALI's prefetch depth), every batch of
+    two epochs equals the same run with a synchronisation after each batch."""
+    from dali_mixup import loader as loader_mod
+
+    kw = dict(mixup=CFG, seed=5, out_dtype=torch.float32, **GPU)
+
+    def two_epochs(sync):
+        loader, out = create_dali_loader(image_folder, **kw), []
+        for _ in range(2):
+            for images, targets in loader:
+                if sync:
+                    torch.cuda.synchronize()
+                out.append((images, targets))
+        torch.cuda.synchronize()
+        return out
+
+    reference = two_epochs(sync=True)
+    mix_batch = loader_mod.mix_batch
+
+    def delayed(*args, **kwargs):
+        torch.cuda._sleep(20_000_000)  # tens of ms of GPU time queued ahead of the kernels
+        return mix_batch(*args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "mix_batch", delayed)
+    stressed = two_epochs(sync=False)
+    assert len(stressed) == len(reference) == 2 * (25 // 4)
+    for (ri, rt), (si, st) in zip(reference, stressed):
+        assert torch.equal(ri, si) and torch.equal(rt, st)
+
+
+def test_gpu_loader_uses_torchs_current_device(image_folder):
+    loader = create_dali_loader(image_folder, mixup=CFG, **GPU)
+    assert loader.device == torch.device("cuda", torch.cuda.current_device())
+    images, targets = next(iter(loader))
+    assert images.device == loader.device and targets.device == loader.device
