@@ -61,9 +61,9 @@ class _InFlight:
     batches ahead of the GPU. On the CPU nothing is queued, so nothing is held.
     """
 
-    def __init__(self, depth: int, new_event: Callable = None):
-        self.depth = depth
-        self._new_event = new_event or (lambda: torch.cuda.Event())
+    def __init__(self, depth: int, device: torch.device, new_event: Callable = None):
+        self.depth, self.device = depth, device
+        self._new_event = new_event or torch.cuda.Event
         self._held = collections.deque()  # [event or None, tensors]; None: waiting for the next call's event
 
     def __len__(self) -> int:
@@ -92,7 +92,7 @@ class _InFlight:
 
     def _record(self):
         event = self._new_event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))  # the stream mix_batch launches on
         return event
 
     def _release(self) -> None:
@@ -127,7 +127,7 @@ class DaliMixupLoader:
         self.epoch = 0
         self.step = 0
         self._in_epoch = False
-        self._in_flight = _InFlight(depth=_PREFETCH_DEPTH + 2) if self.device.type == "cuda" else None
+        self._in_flight = _InFlight(_PREFETCH_DEPTH + 2, self.device) if self.device.type == "cuda" else None
         self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
                                    label_smoothing=mixup.label_smoothing if mixup is not None else 0.0)
         self._build()

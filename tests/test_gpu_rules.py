@@ -26,8 +26,8 @@ class FakeEvent:
         self.done = False
         self.recorded = False
 
-    def record(self):
-        self.recorded = True
+    def record(self, stream):
+        self.recorded = stream
 
     def query(self):
         return self.done
@@ -37,8 +37,13 @@ class FakeEvent:
         self.done = True
 
 
+@pytest.fixture(autouse=True)
+def _fake_streams(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "stream")
+
+
 def test_batch_read_by_queued_kernels_is_held_until_its_event_completes():
-    ring = _InFlight(depth=4, new_event=FakeEvent)
+    ring = _InFlight(4, torch.device("cuda", 0), new_event=FakeEvent)
     a, b = object(), object()
     ring.hold((a,), read_by_queued_work=True)
     ring.hold((b,), read_by_queued_work=True)
@@ -49,12 +54,12 @@ def test_batch_read_by_queued_kernels_is_held_until_its_event_completes():
 
 
 def test_batch_handed_to_the_caller_is_covered_by_the_next_calls_event():
-    ring = _InFlight(depth=4, new_event=FakeEvent)
+    ring = _InFlight(4, torch.device("cuda", 0), new_event=FakeEvent)
     ring.hold(("first",), read_by_queued_work=False)
     assert ring._held[0][0] is None  # the caller's step that reads it is not queued yet
     ring.hold(("second",), read_by_queued_work=False)
     first_event = ring._held[0][0]
-    assert first_event is not None and first_event.recorded  # recorded at the next call, after the caller's step
+    assert first_event is not None and first_event.recorded == "stream"  # recorded at the next call, after the caller's step
     first_event.done = True
     ring.hold(("third",), read_by_queued_work=False)
     assert [t for _, (t,) in ring._held] == ["second", "third"]
@@ -62,7 +67,7 @@ def test_batch_handed_to_the_caller_is_covered_by_the_next_calls_event():
 
 def test_host_waits_for_the_oldest_batch_beyond_the_depth():
     FakeEvent.log.clear()
-    ring = _InFlight(depth=3, new_event=FakeEvent)
+    ring = _InFlight(3, torch.device("cuda", 0), new_event=FakeEvent)
     for i in range(5):
         ring.hold((i,), read_by_queued_work=True)
     assert len(ring) == 3 and [t for _, (t,) in ring._held] == [2, 3, 4]
