@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig
+from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .kernels import pixel_math as pm
 from .params import MixParams, sample_params
 from .reference import normalization_constants
@@ -69,12 +69,7 @@ def _check_labels(labels, n: int, num_classes: int, device: torch.device, check:
 
 
 def _check_norm(mean, std) -> Tuple[np.ndarray, np.ndarray]:
-    for name, value in (("mean", mean), ("std", std)):
-        if len(value) != 3 or not all(np.isfinite(float(v)) for v in value):
-            raise ValueError(f"{name} must be 3 finite numbers (RGB, fractions of 255), got {value!r}")
-    if any(float(s) <= 0 for s in std):
-        raise ValueError(f"std must be > 0, got {std!r}")
-    return normalization_constants(mean, std)
+    return normalization_constants(*check_normalization(mean, std))
 
 
 def _resolve_params(cfg, params, n, h, w, key) -> MixParams:
