@@ -263,7 +263,7 @@ class DaliMixupLoader:
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}: not a complete DaliMixupLoader state")
         saved, current = _plain(state["identity"]), self._stream_identity()
-        for key in sorted(set(saved) | set(current)):
+        for key in list(current) + [k for k in saved if k not in current]:  # the plainest difference first
             if saved.get(key) != current.get(key):
                 raise ValueError(f"state_dict was saved over another stream: {key} was {saved.get(key)!r}, this "
                                  f"loader has {current.get(key)!r}")

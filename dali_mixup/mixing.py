@@ -149,8 +149,9 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         flip: optional (B,) bool, samples to mirror horizontally while reading (fused, no extra pass).
         seed, epoch, step, rank: the key when ``params`` is None.
         check_labels: raise on labels outside [0, C). With CUDA labels this reads them back (a host
-            synchronisation); pass False when labels are already known valid (the kernel then writes a NaN row
-            for a bad label rather than a wrong target).
+            synchronisation); pass False when labels are already known valid. Unchecked, a bad label of sample i
+            gives NaN rows, never a wrong target: row i and the row of the sample whose partner is i (two rows,
+            one when i is its own partner; partners are drawn even when a batch is not mixed).
 
     Returns:
         (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on

@@ -81,6 +81,8 @@ def _members(shard: str) -> Iterator[Tuple[tarfile.TarFile, tarfile.TarInfo]]:
             fh.seek(tar.offset)
             block = fh.read(_BLOCK)
     except tarfile.TarError as exc:
+        if "unexpected end of data" in str(exc):
+            raise ValueError(f"{shard}: truncated: the data ends inside the tar (after member {last!r})") from exc
         raise ValueError(f"{shard}: not a readable tar file ({exc})") from exc
     after = f"after member {last!r}" if last else "at its start"
     if len(block) < _BLOCK:
@@ -94,40 +96,14 @@ class _Sample:
         self.key, self.members, self.image, self.label = key, [], None, None
 
 
-def scan_shard(shard: str, num_classes: Optional[int] = None) -> Tuple[List[int], int]:
-    """in: a shard path -> out: (the labels of its samples in order, the number of member groups that have
-    neither an image nor a label (ignored, as the reader skips them)). Raises naming shard and key for a
-    sample with an image but no label or the reverse, an empty image, a bad label, members of a sample that are
-    not consecutive, a truncated or corrupt tar."""
-    labels: List[int] = []
-    ignored = 0
-    done = set()
-
-    def finish(s: Optional[_Sample]):
-        nonlocal ignored
-        if s is None:
-            return
-        if s.image is None and s.label is None:
-            ignored += 1
-            return
-        if s.key in done:
-            raise ValueError(f"{shard}: the members of sample {s.key!r} are not consecutive ({s.members[0]!r} "
-                             "comes after other samples); WebDataset and DALI read a sample's members together")
-        done.add(s.key)
-        if s.label is None:
-            raise ValueError(f"{shard}: sample {s.key!r} has no .{WDS_LABEL_EXT} label (members: "
-                             f"{', '.join(s.members)})")
-        if s.image is None:
-            raise ValueError(f"{shard}: sample {s.key!r} has no image (members: {', '.join(s.members)}; image "
-                             f"extensions, matched case-sensitively as DALI does: {WDS_IMAGE_EXT})")
-        labels.append(s.label)
-
-    sample = None
+def _groups(shard: str, num_classes: Optional[int]) -> List[_Sample]:
+    """The shard's member groups (consecutive members with one key), labels parsed and checked."""
+    groups: List[_Sample] = []
     for tar, member in _members(shard):
         key, ext = split_key(member.name)
-        if sample is None or key != sample.key:
-            finish(sample)
-            sample = _Sample(key)
+        if not groups or key != groups[-1].key:
+            groups.append(_Sample(key))
+        sample = groups[-1]
         sample.members.append(member.name)
         if ext == WDS_LABEL_EXT:
             text = tar.extractfile(member).read().decode("ascii", "replace")
@@ -136,8 +112,30 @@ def scan_shard(shard: str, num_classes: Optional[int] = None) -> Tuple[List[int]
             if member.size == 0:
                 raise ValueError(f"{shard}: sample {key!r}: the image {member.name!r} is empty (0 bytes)")
             sample.image = member.name
-    finish(sample)
-    return labels, ignored
+    return groups
+
+
+def scan_shard(shard: str, num_classes: Optional[int] = None) -> Tuple[List[int], int]:
+    """in: a shard path -> out: (the labels of its samples in order, the number of member groups that have
+    neither an image nor a label (ignored, as the reader skips them)). Raises naming shard and key for members
+    of a sample that are not consecutive, a sample with an image but no label or the reverse, an empty image, a
+    bad label, a truncated or corrupt tar."""
+    groups = _groups(shard, num_classes)
+    samples = [g for g in groups if g.image is not None or g.label is not None]
+    seen = set()
+    for s in samples:
+        if s.key in seen:
+            raise ValueError(f"{shard}: the members of sample {s.key!r} are not consecutive ({s.members[0]!r} "
+                             "comes after other samples); WebDataset and DALI read a sample's members together")
+        seen.add(s.key)
+    for s in samples:
+        if s.label is None:
+            raise ValueError(f"{shard}: sample {s.key!r} has no .{WDS_LABEL_EXT} label (members: "
+                             f"{', '.join(s.members)})")
+        if s.image is None:
+            raise ValueError(f"{shard}: sample {s.key!r} has no image (members: {', '.join(s.members)}; image "
+                             f"extensions, matched case-sensitively as DALI does: {WDS_IMAGE_EXT})")
+    return [s.label for s in samples], len(groups) - len(samples)
 
 
 def scan_shard_images(shard: str, decodable: Callable) -> List[str]:
