@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,8 +29,9 @@ log = logging.getLogger("dali_mixup")
 
 #: Extensions read as images (torchvision's ImageFolder list, lower case); anything else is ignored and counted.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-_STAT_THREADS = 16  # file checks are I/O-bound (network filesystems): stat in parallel
-_STAT_CHUNK = 512
+_STAT_CHUNK = 512  # files are checked in chunks: the first inline, timed; the rest
+_STAT_THREADS = 16  # ... in parallel when a stat is slow (a network filesystem), else inline
+_SLOW_STAT_S = 20e-6
 
 # What a file check can find, and what it means. Each names the file(s) in the error it raises.
 _PROBLEMS = {
@@ -83,8 +85,8 @@ class Dataset:
         (files), or shard names, samples per shard and labels (WebDataset). The same data moved keeps it."""
         h = hashlib.sha256(self.kind.encode())
         if self.kind == "files":
-            root = self.source if self.classes is not None else os.path.dirname(self.source)
-            names = [os.path.relpath(f, root) for f in self.files]
+            root = os.path.join(self.source if self.classes is not None else os.path.dirname(self.source), "")
+            names = [f[len(root):] if f.startswith(root) else os.path.relpath(f, root) for f in self.files]
         else:
             names = [f"{os.path.basename(s)}:{n}" for s, n in zip(self.shards, self.shard_sizes)]
         h.update("\0".join(names).encode("utf-8", "surrogateescape"))
@@ -140,11 +142,13 @@ def _check_files(paths: Sequence[str], where: Sequence[str], source: str, skip_e
     """Stat every file (in parallel): raise for missing, unreadable, special, badly named or (unless
     ``skip_empty``) empty ones, naming them as ``where`` does. -> (indices kept, identities of those kept)."""
     chunks = [paths[i:i + _STAT_CHUNK] for i in range(0, len(paths), _STAT_CHUNK)]
-    if len(chunks) > 1:
-        with ThreadPoolExecutor(_STAT_THREADS) as pool:
-            results = [r for chunk in pool.map(_check_chunk, chunks) for r in chunk]
-    else:
-        results = [r for chunk in chunks for r in _check_chunk(chunk)]
+    start = time.perf_counter()
+    results = _check_chunk(chunks[0])
+    if len(chunks) > 1 and (time.perf_counter() - start) / len(chunks[0]) > _SLOW_STAT_S:
+        with ThreadPoolExecutor(_STAT_THREADS) as pool:  # a network filesystem: hide its latency
+            results += [r for chunk in pool.map(_check_chunk, chunks[1:]) for r in chunk]
+    else:  # a local one: threads would only contend for the GIL
+        results += [r for chunk in chunks[1:] for r in _check_chunk(chunk)]
     problems: Dict[str, List[str]] = {}
     keep, ids = [], []
     for i, (problem, ident) in enumerate(results):
@@ -296,7 +300,7 @@ def _file_list(path: Path, num_classes: Optional[int], skip_empty: bool) -> Data
         if not _is_image(name):
             ignored += 1
             continue
-        files.append(os.path.normpath(name if os.path.isabs(name) else os.path.join(path.parent, name)))
+        files.append(name if os.path.isabs(name) else os.path.join(path.parent, name))
         labels.append(label)
         where.append(f"{path}:{lineno}: {files[-1]}")
     if not files:
