@@ -254,7 +254,8 @@ def _image_folder(root: Path, skip_empty: bool) -> Dataset:
     for label, name in enumerate(classes):
         found = _walk_class(str(root / name), seen, counts)
         if not found:
-            raise ValueError(f"{root / name}: class folder with no images (no file ends in {', '.join(IMAGE_EXTENSIONS)}); "
+            raise ValueError(f"{root / name}: class folder with no images (no file ends in "
+                             f"{', '.join(IMAGE_EXTENSIONS)}); "
                              "torchvision's ImageFolder refuses it too: add images, remove it, or hide it by "
                              "starting its name with '.'")
         files += found

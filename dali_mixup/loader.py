@@ -272,7 +272,8 @@ class DaliMixupLoader:
         try:
             self._build(checkpoint=state["dali"], position=epoch * self._runs_per_epoch() + step)
         except RuntimeError as exc:
-            raise ValueError(f"state_dict['dali'] cannot be restored as this pipeline's DALI checkpoint: {exc}") from exc
+            raise ValueError(f"state_dict['dali'] cannot be restored as this pipeline's DALI checkpoint: "
+                             f"{exc}") from exc
         self.epoch, self.step, self.mixup_enabled = epoch, step, bool(state["mixup_enabled"])
         self._in_epoch = bool(state["in_epoch"])
 

@@ -493,8 +493,8 @@ def test_numpy_integers_are_accepted_and_seeds_beyond_dali_refused_by_name(index
                                 num_shards=np.int64(1))
     assert loader.seed == 3 and type(loader.seed) is int and len(next(iter(loader))[0]) == 2
     create_dali_loader(indexed13, **dict(TRAIN, seed=2**63 - 1))  # the largest DALI takes
-    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9223372036854775807\], got 2\*\*63|"
-                                         r"seed must be an integer in \[0, 9223372036854775807\], got 9223372036854775808"):
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9223372036854775807\], "
+                                         r"got 9223372036854775808"):
         create_dali_loader(indexed13, **dict(TRAIN, seed=2**63))
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 9223372036854767888\]"):
         create_dali_loader(indexed13, **dict(TRAIN, seed=2**63 - 1, shard_id=0, num_shards=2))
