@@ -92,7 +92,8 @@ def test_bad_label_in_webdataset_cls_is_refused_naming_shard_and_key(tmp_path, t
 
 
 @pytest.mark.parametrize("text,match", [("-1", "label must be >= 0"), ("x", "label must be an integer"),
-                                        ("\u0663", "label must be an integer"), ("5", "label 5 is out of range")])
+                                        ("\u0663", "label must be an integer"), ("5", "label 5 is out of range"),
+                                        ("", "expected 'path label'")])
 def test_bad_label_in_file_list_is_refused_naming_the_line(tmp_path, text, match):
     (tmp_path / "0.jpg").write_bytes(JPEG)
     (tmp_path / "list.txt").write_text(f"0.jpg 1\n0.jpg {text}\n", encoding="utf-8")
@@ -241,6 +242,10 @@ def test_compressed_or_non_tar_shard_is_refused(tmp_path):
     (tmp_path / "dir.tar").mkdir()
     with pytest.raises(ValueError, match="dir.tar: not a file"):
         _loader([str(tmp_path / "dir.tar")])
+    with pytest.raises(FileNotFoundError, match="WebDataset shard not found: .*nope.tar"):
+        _loader([str(tmp_path / "plain.tar"), str(tmp_path / "nope.tar")])
+    with pytest.raises(FileNotFoundError, match="no WebDataset shards match .*train-.*.tar"):
+        _loader(str(tmp_path / "train-*.tar"))
 
 
 def test_corrupt_image_inside_a_tar_is_named_by_shard_and_key(tmp_path):
@@ -581,11 +586,12 @@ def test_permissions_denied_on_a_file_or_a_folder_are_named(tmp_path):
         os.chmod(root / "b" / "sub", 0o755)
 
 
-def test_file_removed_after_construction_is_named_as_missing(tmp_path):
+@pytest.mark.parametrize("change,match", [(os.remove, "not found"), (lambda p: open(p, "wb").close(), "empty")])
+def test_file_removed_or_emptied_after_construction_is_named_so(tmp_path, change, match):
     root = _folder(tmp_path / "data")
     loader = _loader(root)
-    os.remove(root / "b" / "2.jpg")
-    with pytest.raises(RuntimeError, match=r"b/2.jpg: image file not found"):
+    change(root / "b" / "2.jpg")
+    with pytest.raises(RuntimeError, match=f"b/2.jpg: image file {match}"):
         list(loader)
 
 
@@ -598,6 +604,10 @@ def test_non_utf8_file_name_is_named(tmp_path):
         pytest.skip("this filesystem refuses non-UTF-8 names")
     with pytest.raises(ValueError, match=r"caf\\xe9.jpg'?: image file with a name that is not valid UTF-8"):
         _loader(root)
+    shard = os.path.join(os.fsencode(tmp_path), b"s\xe9.tar")
+    _tar(shard, _samples(2, [0, 1]))
+    with pytest.raises(ValueError, match=r"s\\xe9.tar'?: a shard name that is not valid UTF-8"):
+        _loader([os.fsdecode(shard)])
 
 
 def test_pipe_or_folder_named_like_an_image_is_refused(tmp_path):
