@@ -10,7 +10,6 @@ import hashlib
 import io
 import logging
 import os
-import re
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,8 +138,10 @@ def _check_chunk(paths: Sequence[str]):
 
 
 def _check_files(paths: Sequence[str], where: Sequence[str], source: str, skip_empty: bool) -> Tuple[List[int], list]:
-    """Stat every file (in parallel): raise for missing, unreadable, special, badly named or (unless
-    ``skip_empty``) empty ones, naming them as ``where`` does. -> (indices kept, identities of those kept)."""
+    """Stat every file: raise for missing, unreadable, special, badly named or (unless ``skip_empty``) empty
+    ones, naming them as ``where`` does. -> (indices kept, identities of those kept)."""
+    if not paths:
+        return [], []
     chunks = [paths[i:i + _STAT_CHUNK] for i in range(0, len(paths), _STAT_CHUNK)]
     start = time.perf_counter()
     results = _check_chunk(chunks[0])
@@ -265,7 +266,7 @@ def _image_folder(root: Path, skip_empty: bool) -> Dataset:
     files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     for what, entries in counts.items():
         if entries:
-            log.warning("%s: %d %s, e.g. %s", root, len(entries), _NOT_READ[what], entries[0])
+            log.warning("%s: %d %s: %s", root, len(entries), _NOT_READ[what], _name_some(entries))
     return Dataset("files", str(root), files=files, labels=labels, classes=classes,
                    ignored=len(counts["ignored"]), hidden=len(counts["hidden"]), relinked=len(counts["relinked"]),
                    duplicates=_count_duplicates(files, labels, ids, str(root)), skipped=skipped)
