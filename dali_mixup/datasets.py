@@ -414,7 +414,7 @@ def find_dataset(data: Union[str, os.PathLike, Sequence[str]], num_classes: Opti
 
 # -- corrupt images -----------------------------------------------------------------------------------------------
 
-def looks_decodable(fh) -> bool:
+def _looks_decodable(fh) -> bool:
     """in: a seekable binary file object -> out: whether it parses as an image (header, and for JPEG the
     end-of-image marker in its last 4 KiB): catches truncated and non-image files without decoding pixels."""
     from PIL import Image, UnidentifiedImageError
@@ -437,7 +437,7 @@ def _problem_or_corrupt(path: str) -> Optional[str]:
         return problem
     try:
         with open(path, "rb") as fh:
-            return None if looks_decodable(fh) else "corrupt"
+            return None if _looks_decodable(fh) else "corrupt"
     except OSError:
         return "unreadable"
 
@@ -449,7 +449,7 @@ def diagnose(ds: Dataset, num_classes: Optional[int] = None) -> Optional[Excepti
         for shard in ds.shards:
             try:
                 scan_shard(shard, num_classes)
-                bad = scan_shard_images(shard, looks_decodable)
+                bad = scan_shard_images(shard, _looks_decodable)
             except (OSError, ValueError) as exc:
                 return exc
             if bad:
@@ -469,7 +469,7 @@ def diagnose(ds: Dataset, num_classes: Optional[int] = None) -> Optional[Excepti
 
 def find_corrupt(files: Sequence[str]) -> List[str]:
     """The files of ``files`` that are missing, unreadable, empty or not decodable images (cheap check, see
-    ``looks_decodable``)."""
+    ``_looks_decodable``)."""
     return [f for f in files if _problem_or_corrupt(f) is not None]
 
 
