@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
-__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalization"]
 
 MODES = ("batch", "pair", "elem")
 PAIRINGS = ("permutation", "flip")
@@ -23,6 +23,29 @@ def _number(name, value):
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def check_normalization(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """in: per-channel ``mean`` and ``std``, RGB, fractions of 255 (timm's convention) -> out: both as 3-tuples of
+    float. Raises naming the argument: not 3 finite numbers, mean outside [0, 1], std outside (0, 1] (values
+    above 1 look like the 0-255 convention: the hint says so)."""
+    checked = []
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            values = tuple(float(v) for v in value) if not isinstance(value, (str, bytes)) else None
+        except (TypeError, ValueError):
+            values = None
+        if values is None or len(values) != 3 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{name} must be 3 finite numbers (RGB, fractions of 255), got {value!r}")
+        if any(v > 1 for v in values):
+            raise ValueError(f"{name} must be fractions of 255, got {value!r}: that looks like the 0-255 "
+                             f"convention; divide by 255 (ImageNet: mean={IMAGENET_MEAN}, std={IMAGENET_STD})")
+        checked.append(values)
+    if any(v < 0 for v in checked[0]):
+        raise ValueError(f"mean must lie in [0, 1] (fractions of 255), got {mean!r}")
+    if any(v <= 0 for v in checked[1]):
+        raise ValueError(f"std must be > 0, got {std!r}")
+    return checked[0], checked[1]
 
 
 def _probability(name, value):

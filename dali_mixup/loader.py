@@ -8,17 +8,21 @@ one kernel each) -> ``(images, targets)``.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
+import math
+import numbers
 import os
 import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig
-from .datasets import Dataset, find_corrupt, find_dataset, without_corrupt
+from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
+from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch
 from .params import sample_params
-from .pipeline import MixParamSource, build_pipeline
+from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
 
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES"]
 
@@ -28,12 +32,37 @@ DEVICES = ("auto", "gpu", "cpu")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+_STATE_FORMAT = 2  # state_dict layout: 2 = {"format", "identity", "epoch", "step", "in_epoch", ...}
+
+
+def _integer(name, value, low=1, high=None):
+    """in: any integral number (int, NumPy integer) -> out: an int in [low, high]; else an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer in [{low}, {high if high is not None else 'inf'}], got {value}")
     return value
+
+
+def _positive_int(name, value):
+    return _integer(name, value, 1)
+
+
+def _pair(name, value):
+    """in: (low, high) -> out: a tuple of two finite floats with 0 < low <= high; else an error naming ``name``."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair of numbers (low, high), got {value!r}") from None
+    if not (math.isfinite(high) and 0 < low <= high):
+        raise ValueError(f"{name} must be an increasing pair of positive numbers, got {value!r}")
+    return low, high
+
+
+def _plain(value):
+    """A JSON round trip: tuples become lists, so a state saved with torch.save or json compares equal."""
+    return json.loads(json.dumps(value))
 
 
 def _default_shards(shard_id, num_shards):
@@ -43,10 +72,10 @@ def _default_shards(shard_id, num_shards):
         return 0, 1
     if shard_id is None or num_shards is None:
         raise ValueError("shard_id and num_shards must be given together (or both left to torch.distributed)")
-    _positive_int("num_shards", num_shards)
-    if isinstance(shard_id, bool) or not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
+    num_shards = _positive_int("num_shards", num_shards)
+    if isinstance(shard_id, bool) or not isinstance(shard_id, numbers.Integral) or not 0 <= shard_id < num_shards:
         raise ValueError(f"shard_id must be an int in [0, num_shards={num_shards}), got {shard_id!r}")
-    return shard_id, num_shards
+    return int(shard_id), num_shards
 
 
 class _InFlight:
@@ -106,7 +135,9 @@ class DaliMixupLoader:
 
     images: ``out_dtype`` (B, 3, S, S) (NCHW) or (B, S, S, 3), normalised, on the training device.
     targets: float32 (B, num_classes) soft targets (one-hot, smoothed, mixed).
-    Training drops the last partial batch of each rank's shard (like ``drop_last=True``); evaluation keeps it.
+    Training yields full batches only, as many on every rank (those of the smallest shard, like
+    ``drop_last=True``); evaluation yields every sample of the rank's shard once, the last batch partial, never an
+    empty batch (ranks may then differ by one batch).
     """
 
     def __init__(self, dataset: Dataset, *, batch_size, num_classes, train, image_size, mixup, backend, device,
@@ -130,16 +161,37 @@ class DaliMixupLoader:
         self._in_flight = _InFlight(_PREFETCH_DEPTH + 2, self.device) if self.device.type == "cuda" else None
         self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
                                    label_smoothing=mixup.label_smoothing if mixup is not None else 0.0)
+        self._check_fits()
         self._build()
 
     # -- construction -----------------------------------------------------------------------------------------
-    def _shard_size(self):
+    def _check_fits(self):
+        """Refuse shards that would give empty epochs (say why, at construction)."""
         n = len(self.dataset)
-        return (n * (self.shard_id + 1)) // self.num_shards - (n * self.shard_id) // self.num_shards
+        if n < self.num_shards:
+            raise ValueError(f"{self.dataset.source}: {n} sample(s) cannot fill num_shards={self.num_shards} shards "
+                             "(every rank needs at least one sample)")
+        if self.train and self._batches() == 0:
+            raise ValueError(f"batch_size={self.batch_size} is larger than a training shard of "
+                             f"{n // self.num_shards} samples ({n} samples / {self.num_shards} shards): training "
+                             "yields full batches only, so every epoch would be empty; lower batch_size")
 
-    def _runs_per_epoch(self):
-        """Pipeline runs per epoch: the shard in batches, the last one padded (even when training drops it)."""
-        return -(-max(self._shard_size(), 1) // self.batch_size)
+    def _shard_size(self, epoch: Optional[int] = None) -> int:
+        """Samples of the shard this rank reads in ``epoch`` (default: the current one). DALI moves every rank to
+        the next shard at each epoch: rank r reads shard (r + epoch) % num_shards."""
+        n, k = len(self.dataset), (self.shard_id + (self.epoch if epoch is None else epoch)) % self.num_shards
+        return (n * (k + 1)) // self.num_shards - (n * k) // self.num_shards
+
+    def _runs_per_epoch(self) -> int:
+        """Pipeline runs per epoch, the same on every rank: the largest shard in batches, the last one padded."""
+        return -(-(-(-len(self.dataset) // self.num_shards)) // self.batch_size)
+
+    def _batches(self, epoch: Optional[int] = None) -> int:
+        """Batches this rank yields in ``epoch``: training, the full batches of the smallest shard (the same count on
+        every rank, as DDP needs); evaluation, its own shard in batches, the last one partial."""
+        if self.train:
+            return (len(self.dataset) // self.num_shards) // self.batch_size
+        return -(-self._shard_size(epoch) // self.batch_size)
 
     def _build(self, checkpoint: Optional[str] = None, position: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -166,9 +218,16 @@ class DaliMixupLoader:
                 label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
                 out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint, **self.augment)
             outputs = ["images", "labels", "flip" if self.backend == "fused" else "targets"]
-            policy = LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL
-            self._iter = DALIGenericIterator([self._pipe], outputs, reader_name="Reader", last_batch_policy=policy,
-                                             auto_reset=False, prepare_first_batch=False)
+            # PARTIAL for training too: the loader stops after len(self) full batches and drains the rest of the
+            # epoch (DROP leaves a padded batch behind when the smallest shard divides by the batch size, and the
+            # next epoch starts with it)
+            self._iter = DALIGenericIterator([self._pipe], outputs, reader_name="Reader",
+                                             last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False,
+                                             prepare_first_batch=False)
+        found = self._pipe.reader_meta("Reader")["epoch_size"]
+        if found != len(self.dataset):
+            raise RuntimeError(f"{self.dataset.source}: DALI's reader finds {found} samples where the scan found "
+                               f"{len(self.dataset)}: the data changed while the loader was being built")
 
     # -- mixing switch ----------------------------------------------------------------------------------------
     def _mixing_on(self, epoch: int) -> bool:
@@ -178,7 +237,7 @@ class DaliMixupLoader:
 
     # -- iteration --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._iter)
+        return self._batches()
 
     def __iter__(self):
         if self._in_epoch:
@@ -190,7 +249,7 @@ class DaliMixupLoader:
 
     def __next__(self):
         try:
-            batch = next(self._iter)[0]
+            batch = self._next_batch()
         except StopIteration:
             self._in_epoch = False
             self.epoch += 1
@@ -217,31 +276,69 @@ class DaliMixupLoader:
         self.step += 1
         return images, targets
 
+    def _next_batch(self) -> dict:
+        """DALI's next batch of this epoch; StopIteration after ``len(self)`` batches, once the rest of DALI's
+        epoch (padding, an empty or a partial batch) is drained so that nothing leaks into the next epoch."""
+        if self.step >= len(self):
+            while True:
+                next(self._iter)  # raises StopIteration at the end of DALI's epoch
+        return next(self._iter)[0]
+
     def _explain(self, exc: RuntimeError) -> Exception:
-        """DALI's decode errors do not name the file: find the culprits (cheap scan) and name them."""
-        if self.dataset.kind == "files":
-            bad = find_corrupt(self.dataset.files)
-            if bad:
-                names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-                return RuntimeError(f"corrupt image(s) in {self.dataset.source}: {names}: the pipeline cannot "
-                                    f"decode them (pass skip_corrupt=True to leave such files out). DALI said: {exc}")
-        return RuntimeError(f"DALI pipeline failed reading {self.dataset.source}: {exc}")
+        """DALI's read and decode errors do not name the file: find what is wrong now (missing, unreadable, empty,
+        corrupt files; truncated shards, bad labels, corrupt images by shard and key) and name it."""
+        found = diagnose(self.dataset, self.num_classes)
+        what = f": {found}" if found is not None else ""
+        return RuntimeError(f"DALI pipeline failed reading {self.dataset.source}{what}. DALI said: {exc}")
 
     # -- resume -----------------------------------------------------------------------------------------------
+    def _stream_identity(self) -> dict:
+        """What the stream of batches is drawn over: every option that decides which samples a batch holds and
+        how they are augmented and mixed (add new such options here). A state resumes only a loader with the
+        same identity. Not in it: num_threads, out_dtype, layout, mean, std (the same samples, in another form)."""
+        mixup = dataclasses.asdict(self.mixup) if self.mixup is not None else None
+        return _plain({
+            "dataset": self.dataset.kind, "samples": len(self.dataset), "sample_list": self.dataset.fingerprint(),
+            "train": self.train, "image_size": self.image_size, "batch_size": self.batch_size, "seed": self.seed,
+            "shard_id": self.shard_id, "num_shards": self.num_shards, "backend": self.backend,
+            "device": self.device_kind, "mixup": mixup, "augment": self.augment,
+        })
+
     def state_dict(self) -> dict:
-        """Everything needed to continue the same stream of batches (DALI's reader/RNG checkpoint included)."""
-        return {"epoch": self.epoch, "step": self.step, "in_epoch": self._in_epoch, "seed": self.seed,
-                "shard_id": self.shard_id, "num_shards": self.num_shards, "batch_size": self.batch_size,
-                "mixup_enabled": self.mixup_enabled, "dali": self._iter.checkpoints()[0]}
+        """Everything needed to continue the same stream of batches (DALI's reader/RNG checkpoint included), and
+        what it was saved over (``_stream_identity``)."""
+        return {"format": _STATE_FORMAT, "identity": self._stream_identity(), "epoch": self.epoch,
+                "step": self.step, "in_epoch": self._in_epoch, "mixup_enabled": self.mixup_enabled,
+                "dali": self._iter.checkpoints()[0]}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "shard_id", "num_shards", "batch_size"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"state_dict was saved with {key}={state[key]}, this loader has "
-                                 f"{key}={getattr(self, key)}")
-        self.epoch, self.step, self.mixup_enabled = state["epoch"], state["step"], state["mixup_enabled"]
-        self._build(checkpoint=state["dali"], position=self.epoch * self._runs_per_epoch() + self.step)
-        self._in_epoch = state["in_epoch"]
+        """Continue the stream saved by ``state_dict``. Raises naming the field when the state was saved over other
+        data or options, and clearly for a state that is empty, malformed, or of another format."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state_dict must be a dict from DaliMixupLoader.state_dict(), got {type(state).__name__}")
+        if not state:
+            raise ValueError("state_dict is empty: expected a dict from DaliMixupLoader.state_dict()")
+        if state.get("format") != _STATE_FORMAT:
+            found = f"format {state['format']!r}" if "format" in state else "no 'format' key (an older dali-mixup)"
+            raise ValueError(f"state_dict has {found}; this loader reads format {_STATE_FORMAT}: a state saved by "
+                             "another version cannot be resumed (start the epoch afresh)")
+        missing = {"identity", "epoch", "step", "in_epoch", "mixup_enabled", "dali"} - set(state)
+        if missing:
+            raise ValueError(f"state_dict lacks {sorted(missing)}: not a complete DaliMixupLoader state")
+        saved, current = _plain(state["identity"]), self._stream_identity()
+        for key in list(current) + [k for k in saved if k not in current]:  # the plainest difference first
+            if saved.get(key) != current.get(key):
+                raise ValueError(f"state_dict was saved over another stream: {key} was {saved.get(key)!r}, this "
+                                 f"loader has {current.get(key)!r}")
+        epoch = _integer("state_dict['epoch']", state["epoch"], 0)
+        step = _integer("state_dict['step']", state["step"], 0, self._batches(epoch))
+        try:
+            self._build(checkpoint=state["dali"], position=epoch * self._runs_per_epoch() + step)
+        except RuntimeError as exc:
+            raise ValueError(f"state_dict['dali'] cannot be restored as this pipeline's DALI checkpoint: "
+                             f"{exc}") from exc
+        self.epoch, self.step, self.mixup_enabled = epoch, step, bool(state["mixup_enabled"])
+        self._in_epoch = bool(state["in_epoch"])
 
 
 def _cuda_device_id(device_id: Optional[int]) -> int:
@@ -287,8 +384,12 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         device_id: the GPU (default: torch's current device, as set by ``torch.cuda.set_device``).
         scale, ratio, hflip: training augmentation, torchvision's ``RandomResizedCrop(scale, ratio)`` and the
             probability of a horizontal flip (timm's names).
-        skip_corrupt: check every image first (header and end marker) and leave corrupt ones out, logging how
-            many (``loader.dataset.skipped``). Default: a corrupt image stops iteration with an error naming it.
+        skip_corrupt: check every image first (header and end marker) and leave empty and corrupt ones out,
+            logging how many (``loader.dataset.skipped``). Default: an empty image is refused here, a corrupt
+            one stops iteration with an error naming it.
+
+    Every argument is checked here, and every file (see ``find_dataset``); the README's "Bad input" lists what
+    each bad input gets.
     """
     batch_size = _positive_int("batch_size", batch_size)
     num_classes = _positive_int("num_classes", num_classes)
@@ -307,20 +408,22 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
             raise TypeError(f"mixup must be a MixupConfig or None, got {type(mixup).__name__}")
         if mixup.num_classes != num_classes:
             raise ValueError(f"mixup.num_classes={mixup.num_classes} differs from num_classes={num_classes}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    for name, pair in (("scale", scale), ("ratio", ratio)):
-        if len(pair) != 2 or not 0 < float(pair[0]) <= float(pair[1]):
-            raise ValueError(f"{name} must be an increasing pair of positive numbers, got {pair!r}")
-    if float(scale[1]) > 1:
+    for name, flag in (("train", train), ("skip_corrupt", skip_corrupt)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    scale, ratio = _pair("scale", scale), _pair("ratio", ratio)
+    if scale[1] > 1:
         raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
-    if not 0.0 <= float(hflip) <= 1.0:
+    if isinstance(hflip, bool) or not isinstance(hflip, numbers.Real) or not 0.0 <= float(hflip) <= 1.0:
         raise ValueError(f"hflip must be a probability in [0, 1], got {hflip!r}")
+    mean, std = check_normalization(mean, std)
     shard_id, num_shards = _default_shards(shard_id, num_shards)
+    # DALI takes an int64 seed; rank r's pipeline uses pipeline_seed(seed, r)
+    seed = _integer("seed", seed, 0, DALI_SEED_MAX - pipeline_seed(0, num_shards - 1))
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
     device_id = _cuda_device_id(device_id) if device == "gpu" else None
-    dataset = find_dataset(data, num_classes)
+    dataset = find_dataset(data, num_classes, skip_empty=skip_corrupt)
     if skip_corrupt:
         dataset = without_corrupt(dataset)
     return DaliMixupLoader(dataset, batch_size=batch_size, num_classes=num_classes, train=train,

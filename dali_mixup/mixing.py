@@ -11,8 +11,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig
 from . import kernels
+from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .kernels import pixel_math as pm
 from .params import MixParams, sample_params
 from .reference import normalization_constants
@@ -81,12 +81,7 @@ def _check_labels(labels, n: int, num_classes: int, device: torch.device, check:
 
 
 def _check_norm(mean, std) -> Tuple[np.ndarray, np.ndarray]:
-    for name, value in (("mean", mean), ("std", std)):
-        if len(value) != 3 or not all(np.isfinite(float(v)) for v in value):
-            raise ValueError(f"{name} must be 3 finite numbers (RGB, fractions of 255), got {value!r}")
-    if any(float(s) <= 0 for s in std):
-        raise ValueError(f"std must be > 0, got {std!r}")
-    return normalization_constants(mean, std)
+    return normalization_constants(*check_normalization(mean, std))
 
 
 def _resolve_params(cfg, params, n, h, w, key) -> MixParams:
@@ -166,8 +161,9 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         flip: optional (B,) bool, samples to mirror horizontally while reading (fused, no extra pass).
         seed, epoch, step, rank: the key when ``params`` is None.
         check_labels: raise on labels outside [0, C). With CUDA labels this reads them back (a host
-            synchronisation); pass False when labels are already known valid (the kernel then writes a NaN row
-            for a bad label rather than a wrong target).
+            synchronisation); pass False when labels are already known valid. Unchecked, a bad label of sample i
+            gives NaN rows, never a wrong target: row i and the row of the sample whose partner is i (two rows,
+            one when i is its own partner; partners are drawn even when a batch is not mixed).
 
     Returns:
         (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on

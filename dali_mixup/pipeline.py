@@ -11,15 +11,20 @@ out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipp
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import numpy as np
 
 from .config import MixupConfig
-from .datasets import WDS_IMAGE_EXT, WDS_LABEL_EXT, Dataset
+from .datasets import Dataset
 from .params import sample_params
+from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label
 
-__all__ = ["build_pipeline", "import_dali"]
+__all__ = ["build_pipeline", "import_dali", "pipeline_seed", "DALI_SEED_MAX"]
+
+#: The largest seed DALI takes (an int64).
+DALI_SEED_MAX = 2**63 - 1
 
 # Preallocation hints of DALI's ResNet-50 example, for the mixed (GPU) decoder.
 _GPU_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512, hw_decoder_load=0.65)
@@ -36,9 +41,16 @@ def import_dali():
     return fn, pipeline_def, types
 
 
-def _parse_cls(cls_bytes):
-    """WebDataset ``.cls`` member (ASCII digits) -> int64 label."""
-    return np.array(int(bytes(cls_bytes).decode("ascii").strip()), dtype=np.int64)
+def pipeline_seed(seed: int, shard_id: int) -> int:
+    """in: the loader's seed, the rank -> out: the seed of that rank's pipeline (augmentations differ per rank)."""
+    return seed + 7919 * shard_id
+
+
+def _parse_cls(cls_bytes, num_classes):
+    """WebDataset ``.cls`` member (ASCII digits) -> int64 label, checked against [0, num_classes) when the sample
+    is read (the shard may have changed since the scan; the loader then names the shard and key)."""
+    text = bytes(cls_bytes).decode("ascii", "replace")
+    return np.array(parse_label(text, "a WebDataset .cls member", num_classes or None), dtype=np.int64)
 
 
 class MixParamSource:
@@ -87,15 +99,18 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
     hints = _GPU_DECODER_HINTS if device == "gpu" else {}
     reader_seed = seed  # the same file order on every rank (shards are slices of it); augmentations per rank
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed + 7919 * shard_id,
-                  enable_checkpointing=True, prefetch_queue_depth=prefetch_queue_depth)
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
+                  seed=pipeline_seed(seed, shard_id), enable_checkpointing=True,
+                  prefetch_queue_depth=prefetch_queue_depth)
     def graph():
         common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
                       seed=reader_seed, random_shuffle=train, initial_fill=_SHUFFLE_BUFFER)
         if dataset.kind == "webdataset":
             encoded, cls = fn.readers.webdataset(paths=dataset.shards, ext=[WDS_IMAGE_EXT, WDS_LABEL_EXT],
-                                                 missing_component_behavior="error", **common)
-            labels = fn.python_function(cls, function=_parse_cls, num_outputs=1)
+                                                 missing_component_behavior="skip", **common)
+            # member groups with neither an image nor a label are skipped (the scan counts them as ignored; it
+            # refuses a sample with one and not the other), so the reader's count equals the scan's
+            labels = fn.python_function(cls, function=partial(_parse_cls, num_classes=num_classes), num_outputs=1)
         else:
             encoded, labels = fn.readers.file(files=dataset.files, labels=dataset.labels, **common)
         if train:
