@@ -14,10 +14,12 @@ import math
 import numbers
 import os
 import warnings
+from functools import partial
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from . import dali
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch
@@ -27,6 +29,7 @@ from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_se
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES"]
 
 BACKENDS = ("fused", "dali", "none")
+PLACEMENTS = ("epilogue", "graph")  # where the fused kernels run: after DALI's iterator, or inside the pipeline
 _PREFETCH_DEPTH = 2  # DALI's prefetch queue depth (build_pipeline's default)
 DEVICES = ("auto", "gpu", "cpu")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -142,8 +145,9 @@ class DaliMixupLoader:
 
     def __init__(self, dataset: Dataset, *, batch_size, num_classes, train, image_size, mixup, backend, device,
                  num_threads, seed, shard_id, num_shards, out_dtype, layout, mean, std, device_id,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5):
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, placement="epilogue"):
         self.dataset = dataset
+        self.placement = placement
         self.batch_size, self.num_classes, self.train, self.image_size = batch_size, num_classes, train, image_size
         self.mixup, self.backend, self.device_kind = mixup, backend, device
         self.num_threads, self.seed = num_threads, seed
@@ -216,8 +220,9 @@ class DaliMixupLoader:
                 prefetch_queue_depth=_PREFETCH_DEPTH,
                 mix_source=self._source, num_classes=self.num_classes,
                 label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
-                out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint, **self.augment)
-            outputs = ["images", "labels", "flip" if self.backend == "fused" else "targets"]
+                out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint,
+                mix_step=self._mix_step(), **self.augment)
+            outputs = ["images", "labels", "targets" if self._mixed_in_graph else "flip"]
             # PARTIAL for training too: the loader stops after len(self) full batches and drains the rest of the
             # epoch (DROP leaves a padded batch behind when the smallest shard divides by the batch size, and the
             # next epoch starts with it)
@@ -228,6 +233,19 @@ class DaliMixupLoader:
         if found != len(self.dataset):
             raise RuntimeError(f"{self.dataset.source}: DALI's reader finds {found} samples where the scan found "
                                f"{len(self.dataset)}: the data changed while the loader was being built")
+
+    @property
+    def _mixed_in_graph(self) -> bool:
+        return self.backend != "fused" or self.placement == "graph"
+
+    def _mix_step(self) -> Optional[Callable]:
+        """Placement "graph": ``dali.mix`` bound to this loader's options; its key (epoch, step) is the pipeline's
+        run count split by ``_runs_per_epoch`` (the epilogue's key), and its position is in DALI's checkpoint."""
+        if self.backend != "fused" or self.placement != "graph":
+            return None
+        return partial(dali.mix, cfg=self.mixup if self.mixup is not None else self._no_mix, seed=self.seed,
+                       rank=self.shard_id, batches_per_epoch=self._runs_per_epoch(), mean=self.mean, std=self.std,
+                       out_dtype=self.out_dtype, layout=self.layout, enabled=self._mixing_on)
 
     # -- mixing switch ----------------------------------------------------------------------------------------
     def _mixing_on(self, epoch: int) -> bool:
@@ -257,8 +275,11 @@ class DaliMixupLoader:
             raise
         except RuntimeError as exc:
             raise self._explain(exc) from exc
-        if self.backend != "fused":
-            images = batch["images"].to(self.device, self.out_dtype, non_blocking=True)
+        if self._mixed_in_graph:
+            images = batch["images"]
+            if images.dtype == torch.int16:  # bfloat16 mixed in the graph comes as its bits (DALI has no bfloat16)
+                images = images.view(torch.bfloat16)
+            images = images.to(self.device, self.out_dtype, non_blocking=True)
             targets = batch["targets"].to(self.device, torch.float32, non_blocking=True)
             if self._in_flight is not None:  # may be DALI's own memory, now the caller's: see _InFlight
                 self._in_flight.hold(tuple(batch.values()), read_by_queued_work=False)
@@ -368,7 +389,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                        device_id: Optional[int] = None, skip_corrupt: bool = False,
                        scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                       hflip: float = 0.5) -> DaliMixupLoader:
+                       hflip: float = 0.5, placement: str = "epilogue") -> DaliMixupLoader:
     """A DALI loader of ``(images, targets)`` with Mixup/CutMix fused in (see the README).
 
     Args:
@@ -387,6 +408,9 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         skip_corrupt: check every image first (header and end marker) and leave empty and corrupt ones out,
             logging how many (``loader.dataset.skipped``). Default: an empty image is refused here, a corrupt
             one stops iteration with an error naming it.
+        placement: backend "fused": where its kernels run, "epilogue" (on DALI's uint8 output, after the
+            iterator; the default) or "graph" (inside the DALI pipeline, ``dali_mixup.dali.mix``). Both give the
+            same batches, bit for bit; see the README for what each costs.
 
     Every argument is checked here, and every file (see ``find_dataset``); the README's "Bad input" lists what
     each bad input gets.
@@ -403,6 +427,10 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         raise ValueError(f"out_dtype must be torch.float32, torch.float16 or torch.bfloat16, got {out_dtype}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    if placement == "graph" and backend != "fused":
+        raise ValueError(f"placement='graph' places the fused kernels: it needs backend='fused', got {backend!r}")
     if mixup is not None:
         if not isinstance(mixup, MixupConfig):
             raise TypeError(f"mixup must be a MixupConfig or None, got {type(mixup).__name__}")
@@ -430,4 +458,4 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                            image_size=image_size, mixup=mixup, backend=backend if mixup is not None else "none",
                            device=device, num_threads=num_threads, seed=seed, shard_id=shard_id,
                            num_shards=num_shards, out_dtype=out_dtype, layout=layout, mean=mean, std=std,
-                           device_id=device_id, scale=scale, ratio=ratio, hflip=hflip)
+                           device_id=device_id, scale=scale, ratio=ratio, hflip=hflip, placement=placement)

@@ -3,7 +3,9 @@ CPU-only pipeline, device_id=None), so CPU CI runs the same code as a GPU machin
 
 in:  encoded images (ImageFolder / file list via readers.file, or WebDataset shards).
 out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,),
-     ``flip`` bool (B,); the fused kernel runs on these in the iterator (epilogue), flip included.
+     ``flip`` bool (B,); the fused kernel runs on these in the iterator (epilogue), flip included. With a
+     ``mix_step`` (placement "graph") the kernels run inside the graph instead (``dali.mix``): ``images``
+     normalised as below, ``labels``, ``targets``.
      backend "dali" / "none": ``images`` float16/float32 (B, 3, size, size) or (B, size, size, 3), normalised
      by crop_mirror_normalize (flip included), ``labels``, ``targets`` float32 (B, C); "dali" mixes with DALI's
      own operators first (the baseline and a test oracle), "none" is plain DALI without mixing.
@@ -12,11 +14,12 @@ out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipp
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from .config import MixupConfig
+from .dali import import_dali
 from .datasets import Dataset
 from .params import sample_params
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label
@@ -29,16 +32,6 @@ DALI_SEED_MAX = 2**63 - 1
 # Preallocation hints of DALI's ResNet-50 example, for the mixed (GPU) decoder.
 _GPU_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512, hw_decoder_load=0.65)
 _SHUFFLE_BUFFER = 1024
-
-
-def import_dali():
-    """The ``nvidia.dali`` modules, or an ImportError that says what to install."""
-    try:
-        from nvidia.dali import fn, pipeline_def, types
-    except ImportError as exc:
-        raise ImportError("the DALI loader needs NVIDIA DALI: pip install 'dali-mixup[cuda13]' "
-                          "(nvidia-dali-cuda130; '[cuda12]' for CUDA 12)") from exc
-    return fn, pipeline_def, types
 
 
 def pipeline_seed(seed: int, shard_id: int) -> int:
@@ -92,8 +85,12 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                    backend: str, mix_source: Optional[MixParamSource] = None, num_classes: int = 0,
                    label_smoothing: float = 0.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                    out_dtype: str = "float16", layout: str = "NCHW", checkpoint: Optional[str] = None,
-                   prefetch_queue_depth: int = 2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
-    """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs."""
+                   prefetch_queue_depth: int = 2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
+                   mix_step: Optional[Callable] = None):
+    """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs.
+
+    ``mix_step``: backend "fused" only, callable(images, labels, flip=) -> (images, targets) DataNodes that mixes
+    inside the graph (a ``dali.mix`` with its arguments bound); None: the iterator's epilogue mixes."""
     fn, pipeline_def, types = import_dali()
     decode_device = "mixed" if device == "gpu" else "cpu"
     hints = _GPU_DECODER_HINTS if device == "gpu" else {}
@@ -126,6 +123,9 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
             flip = fn.random.coin_flip(probability=0.0, dtype=types.BOOL)
         labels = fn.cast(labels, dtype=types.INT64)
         if backend == "fused":
+            if mix_step is not None:  # placement "graph"
+                mixed, targets = mix_step(images, labels, flip=flip)
+                return mixed, fn.reshape(labels, shape=[]), targets
             return images, fn.reshape(labels, shape=[]), flip
         return _dali_ops(fn, types, images, labels, flip, mix_source if backend == "dali" else None,
                          num_classes, label_smoothing, mean, std, out_dtype, layout)
