@@ -322,7 +322,7 @@ class DaliMixupLoader:
             "dataset": self.dataset.kind, "samples": len(self.dataset), "sample_list": self.dataset.fingerprint(),
             "train": self.train, "image_size": self.image_size, "batch_size": self.batch_size, "seed": self.seed,
             "shard_id": self.shard_id, "num_shards": self.num_shards, "backend": self.backend,
-            "device": self.device_kind, "mixup": mixup, "augment": self.augment,
+            "placement": self.placement, "device": self.device_kind, "mixup": mixup, "augment": self.augment,
         })
 
     def state_dict(self) -> dict:

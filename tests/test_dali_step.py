@@ -1,0 +1,185 @@
+"""``dali_mixup.dali.mix`` inside a DALI pipeline (CPU-only DALI here), and ``create_dali_loader(placement="graph")``
+against the epilogue placement: the same batches, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+
+import dali_mixup as dm
+from dali_mixup.dali import _batch_view, mix
+from dali_mixup.loader import create_dali_loader
+
+CFG = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1)
+COMMON = dict(batch_size=4, num_classes=3, image_size=32, num_threads=1, device="cpu")
+
+
+def _epochs(loader, epochs):
+    return [(i.clone(), t.clone()) for _ in range(epochs) for i, t in loader]
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b) > 0
+    for (ai, at), (bi, bt) in zip(a, b):
+        assert ai.dtype == bi.dtype and torch.equal(ai, bi) and torch.equal(at, bt)
+
+
+@pytest.mark.parametrize("cfg,layout,dtype", [
+    (CFG, "NCHW", torch.float16),                                                        # mixup + cutmix, per sample
+    (dm.MixupConfig(3, mixup_alpha=1.0, mode="batch", pairing="flip"), "NHWC", torch.float32),       # mixup only
+    (dm.MixupConfig(3, mixup_alpha=0.0, cutmix_alpha=1.0, mode="pair"), "NCHW", torch.float32),     # cutmix only
+    (CFG, "NHWC", torch.bfloat16),
+])
+def test_graph_placement_equals_the_epilogue(image_folder, cfg, layout, dtype):
+    kw = dict(mixup=cfg, layout=layout, out_dtype=dtype, seed=7, **COMMON)
+    epilogue = _epochs(create_dali_loader(image_folder, **kw), 2)
+    graph = _epochs(create_dali_loader(image_folder, placement="graph", **kw), 2)
+    _assert_same(epilogue, graph)
+    assert len(graph) == 2 * (25 // 4)
+    _, on = cfg.off_on
+    assert any((t.max(1).values < on).any() for _, t in graph)  # the batches were mixed
+
+
+def test_graph_placement_follows_the_mixing_switch_and_eval(image_folder):
+    kw = dict(mixup=CFG, seed=2, **COMMON)
+    loaders = [create_dali_loader(image_folder, placement=p, **kw) for p in ("epilogue", "graph")]
+    for loader in loaders:
+        loader.mixup_schedule = lambda epoch: epoch < 1
+    epilogue, graph = (_epochs(loader, 2) for loader in loaders)
+    _assert_same(epilogue, graph)
+    _, on = CFG.off_on
+    assert all(torch.allclose(t.max(1).values, torch.full((4,), on)) for _, t in graph[len(graph) // 2:])
+    # evaluation: no mixing, the partial last batch (25 = 6 * 4 + 1) kept
+    ev = [_epochs(create_dali_loader(image_folder, train=False, mixup=CFG, placement=p, **COMMON), 1)
+          for p in ("epilogue", "graph")]
+    _assert_same(*ev)
+    assert [len(i) for i, _ in ev[1]] == [4] * 6 + [1]
+
+
+def test_resume_through_state_dict_in_graph_placement(image_folder, take):
+    kw = dict(mixup=CFG, seed=4, placement="graph", **COMMON)
+    loader = create_dali_loader(image_folder, **kw)
+    it = iter(loader)
+    next(it), next(it)
+    state = loader.state_dict()
+    rest = [(i.clone(), t.clone()) for i, t in it]  # the rest of epoch 0
+    following = take(loader, 2)  # and epoch 1
+    again = create_dali_loader(image_folder, **kw)
+    again.load_state_dict(state)
+    continued = [(i.clone(), t.clone()) for i, t in again]
+    assert len(continued) == len(rest) == len(loader) - 2
+    _assert_same(rest + following, continued + take(again, 2))
+    # the two placements are different DALI graphs: a state resumes only its own
+    with pytest.raises(ValueError, match="placement was 'graph', this loader has 'epilogue'"):
+        create_dali_loader(image_folder, **dict(kw, placement="epilogue")).load_state_dict(state)
+
+
+def test_placement_is_validated(image_folder):
+    with pytest.raises(ValueError, match="placement must be one of"):
+        create_dali_loader(image_folder, mixup=CFG, placement="iterator", **COMMON)
+    with pytest.raises(ValueError, match="needs backend='fused'"):
+        create_dali_loader(image_folder, mixup=CFG, backend="dali", placement="graph", **COMMON)
+
+
+# ---- mix() in a pipeline of one's own ------------------------------------------------------------------------------
+
+def _user_pipeline(root, cfg, *, size=24, resize=True, **mix_kw):
+    """A user's own pipeline: reader, random crop, resize, flip flags, then mix; also returns what mix got."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None, seed=11, enable_checkpointing=True)
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(root), random_shuffle=True, pad_last_batch=True, seed=3,
+                                        name="Reader")
+        images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB)
+        if resize:
+            images = fn.resize(images, resize_x=size, resize_y=size)
+        flip = fn.random.coin_flip(dtype=types.BOOL)
+        mixed, targets = mix(images, labels, cfg, flip=flip, **mix_kw)
+        return mixed, targets, images, labels, flip
+
+    return pipe
+
+
+def _run(pipe, count):
+    out = []
+    for _ in range(count):
+        out.append([torch.from_numpy(np.array(t.as_tensor())) for t in pipe.run()])
+    return out
+
+
+def test_mix_in_a_users_pipeline_equals_mix_batch_with_the_run_key(image_folder):
+    pipe = _user_pipeline(image_folder, CFG, seed=5, rank=2, batches_per_epoch=3, out_dtype="float16",
+                          layout="NHWC")()
+    for run, (mixed, targets, images, labels, flip) in enumerate(_run(pipe, 7)):
+        epoch, step = divmod(run, 3)
+        params = dm.sample_params(CFG, 4, 24, 24, seed=5, epoch=epoch, step=step, rank=2)
+        want_images, want_targets = dm.mix_batch(images, labels.reshape(-1), CFG, params, out_dtype=torch.float16,
+                                                 layout="NHWC", flip=flip.numpy())
+        assert mixed.dtype == torch.float16 and torch.equal(mixed, want_images)
+        assert torch.equal(targets, want_targets)
+
+
+def test_mix_resumes_from_a_dali_checkpoint(image_folder):
+    make = _user_pipeline(image_folder, CFG, seed=1)
+    pipe = make()
+    _run(pipe, 3)
+    checkpoint = pipe.checkpoint()
+    expected = _run(pipe, 4)
+    resumed = make(checkpoint=checkpoint)
+    for want, got in zip(expected, _run(resumed, 4)):
+        assert all(torch.equal(w, g) for w, g in zip(want, got))
+
+
+def test_mix_enabled_false_normalises_and_one_hots(image_folder):
+    pipe = _user_pipeline(image_folder, CFG, enabled=lambda epoch: False, layout="NHWC")()
+    ((mixed, targets, images, labels, flip),) = _run(pipe, 1)
+    plain = dm.MixupConfig(3, mixup_alpha=0.0, label_smoothing=CFG.label_smoothing)
+    want, _ = dm.mix_batch(images, labels.reshape(-1), plain, layout="NHWC", flip=flip.numpy())
+    assert torch.equal(mixed, want)
+    off, on = CFG.off_on
+    assert torch.equal(targets, torch.full((4, 3), np.float32(off)).scatter_(1, labels.long(), np.float32(on)))
+
+
+def test_mix_names_bad_arguments(image_folder):
+    from nvidia.dali import fn, pipeline_def, types
+
+    with pytest.raises(RuntimeError, match="inside a pipeline definition"):
+        mix(None, None, CFG)
+    cases = [(dict(cfg="mixup"), TypeError, "cfg must be a MixupConfig"),
+             (dict(layout="CHW"), ValueError, "layout must be one of"),
+             (dict(out_dtype=torch.int8), ValueError, "out_dtype"),
+             (dict(batches_per_epoch=0), ValueError, "batches_per_epoch"),
+             (dict(seed=-1), ValueError, "seed"),
+             (dict(enabled=True), TypeError, "enabled"),
+             (dict(std=(0.2, 0.2, 0.0)), ValueError, "std"),
+             (dict(images=np.zeros(3)), TypeError, "images must be a DALI DataNode")]
+    for kwargs, exc, match in cases:
+        @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+        def pipe():
+            jpegs, labels = fn.readers.file(file_root=str(image_folder))
+            images = fn.decoders.image(jpegs, output_type=types.RGB)
+            args = dict(images=images, labels=labels, cfg=CFG)
+            args.update(kwargs)
+            return mix(args.pop("images"), args.pop("labels"), args.pop("cfg"), **args)
+
+        with pytest.raises(exc, match=match):
+            pipe()
+
+
+@pytest.mark.parametrize("cfg,resize,match", [
+    (dm.MixupConfig(2), True, r"labels must lie in \[0, num_classes=2\), found 2"),
+    (CFG, False, "one size across the batch"),
+])
+def test_mix_names_bad_batches_when_run(image_folder, cfg, resize, match):
+    pipe = _user_pipeline(image_folder, cfg, resize=resize)()
+    with pytest.raises(RuntimeError, match=match):
+        _run(pipe, 7)  # 25 images: every class appears within 7 batches
+
+
+def test_batch_view_is_a_view_of_back_to_back_samples_else_a_copy():
+    batch = np.arange(4 * 6, dtype=np.float32).reshape(4, 2, 3)
+    view = _batch_view(np, list(batch))
+    assert np.shares_memory(view, batch) and np.array_equal(view, batch) and view.flags.c_contiguous
+    scattered = [batch[i].copy() for i in range(4)]
+    copy = _batch_view(np, scattered)
+    assert np.array_equal(copy, batch) and not np.shares_memory(copy, scattered[0])
