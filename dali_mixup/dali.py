@@ -272,6 +272,7 @@ def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int
     labels = fn.reshape(fn.cast(labels, dtype=types.INT64), shape=[])
     if images.device == "gpu":
         labels, table = labels.gpu(), table.gpu()
-    return fn.python_function(images, labels, table, function=mixer, device=images.device,
-                              batch_processing=True, num_outputs=2,
-                              output_layouts=["CHW" if layout == "NCHW" else "HWC"])
+    mixed, targets = fn.python_function(images, labels, table, function=mixer, device=images.device,
+                                        batch_processing=True, num_outputs=2,
+                                        output_layouts=["CHW" if layout == "NCHW" else "HWC"])
+    return mixed, targets

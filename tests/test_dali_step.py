@@ -183,3 +183,68 @@ def test_batch_view_is_a_view_of_back_to_back_samples_else_a_copy():
     scattered = [batch[i].copy() for i in range(4)]
     copy = _batch_view(np, scattered)
     assert np.array_equal(copy, batch) and not np.shares_memory(copy, scattered[0])
+
+
+# ---- GPU tier (skipped without CUDA) -------------------------------------------------------------------------------
+
+GPU = dict(COMMON, device="gpu", num_threads=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout,dtype", [("NCHW", torch.float16), ("NHWC", torch.float32), ("NCHW", torch.bfloat16)])
+def test_gpu_graph_placement_equals_the_epilogue(image_folder, layout, dtype):
+    kw = dict(mixup=CFG, layout=layout, out_dtype=dtype, seed=7, **GPU)
+    epilogue = _epochs(create_dali_loader(image_folder, **kw), 2)
+    graph = _epochs(create_dali_loader(image_folder, placement="graph", **kw), 2)
+    assert graph[0][0].is_cuda and graph[0][1].is_cuda
+    _assert_same(epilogue, graph)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_placement_resumes(image_folder):
+    kw = dict(mixup=CFG, seed=4, placement="graph", **GPU)
+    loader = create_dali_loader(image_folder, **kw)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    rest = [(i.clone(), t.clone()) for i, t in it]
+    again = create_dali_loader(image_folder, **kw)
+    again.load_state_dict(state)
+    _assert_same(rest, [(i.clone(), t.clone()) for i, t in again])
+
+
+@pytest.mark.gpu
+def test_gpu_mix_reads_dalis_batches_in_place_and_equals_mix_batch(image_folder, monkeypatch):
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    import dali_mixup.dali as step
+    views = []
+
+    def spy(xp, samples):
+        batch = step_batch_view(xp, samples)
+        views.append(xp is np or batch.data.ptr == samples[0].data.ptr)
+        return batch
+
+    step_batch_view = step._batch_view
+    monkeypatch.setattr(step, "_batch_view", spy)
+
+    @pipeline_def(batch_size=4, num_threads=2, device_id=0, seed=11, enable_checkpointing=True)
+    def pipe():
+        jpegs, labels = fn.readers.file(file_root=str(image_folder), random_shuffle=True, seed=3, name="Reader")
+        images = fn.resize(fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB),
+                           resize_x=24, resize_y=24)
+        flip = fn.random.coin_flip(dtype=types.BOOL)
+        mixed, targets = mix(images, labels, CFG, flip=flip, seed=5, out_dtype=torch.float16)
+        return mixed, targets, images, labels.gpu(), flip.gpu()
+
+    names = ["mixed", "targets", "images", "labels", "flip"]
+    loader = DALIGenericIterator(pipe(), names, reader_name="Reader")
+    for step_index, batch in zip(range(3), loader):
+        b = batch[0]
+        params = dm.sample_params(CFG, 4, 24, 24, seed=5, step=step_index)
+        want_images, want_targets = dm.mix_batch(b["images"], b["labels"].reshape(-1), CFG, params,
+                                                 out_dtype=torch.float16, flip=b["flip"].cpu().numpy())
+        assert b["mixed"].is_cuda and torch.equal(b["mixed"], want_images)
+        assert torch.equal(b["targets"], want_targets)
+    assert views and all(views)  # no stacking copy: DALI's GPU batches were read where they lie
