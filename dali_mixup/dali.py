@@ -54,7 +54,8 @@ def _import_cupy():
         import cupy
     except ImportError as exc:
         raise ImportError("dali_mixup.dali.mix on 'gpu' images needs CuPy (DALI hands python_function CuPy "
-                          "arrays): pip install 'dali-mixup[cuda13]' (cupy-cuda13x; '[cuda12]': cupy-cuda12x)") from exc
+                          "arrays): pip install 'dali-mixup[cuda13]' (cupy-cuda13x; '[cuda12]': "
+                          "cupy-cuda12x)") from exc
     return cupy
 
 
@@ -142,11 +143,13 @@ class _Mixer:
         self.off, self.on = (np.float32(v) for v in off_on)
         self.kernel_dtype, self.dali_dtype = _KERNEL_DTYPES[out_kind]
         self.k = kernels.load("cuda" if device == "gpu" else "cpu")
-        if device == "gpu":  # compile now (eagerly, for the signatures), not inside DALI's first run
-            self.k.kernel("mix_images_f32" if out_kind == pm.OUT_F32 else "mix_images_h16")
-            self.k.kernel("soft_targets")
 
-    def _shape(self, n, h, w):
+    def _shape(self, src):
+        """in: the uint8 (B, H, W, 3) batch (checked here) -> out: the shape of the output images."""
+        if src.dtype != np.uint8:
+            raise TypeError(f"dali_mixup.dali.mix: images must be uint8 (decoded, before normalisation), got "
+                            f"{src.dtype}")
+        n, h, w, _ = src.shape
         return (n, 3, h, w) if self.nchw else (n, h, w, 3)
 
     def __call__(self, images, labels, table):
@@ -154,8 +157,8 @@ class _Mixer:
 
     def _cpu(self, images, labels, table):
         src, labels, table = (_batch_view(np, x) for x in (images, labels, table))
+        out = np.empty(self._shape(src), self.kernel_dtype)
         n, h, w, _ = src.shape
-        out = np.empty(self._shape(n, h, w), self.kernel_dtype)
         targets = np.empty((n, self.num_classes), np.float32)
         self.k.mix_images(src.reshape(-1), n, h, w, table, self.scale, self.bias, out.reshape(-1), self.nchw,
                           self.out_kind)
@@ -167,11 +170,10 @@ class _Mixer:
         from nvidia.dali.ops import PythonFunction
         cupy = _import_cupy()
         src, labels, table = (_batch_view(cupy, x) for x in (images, labels, table))
-        n, h, w, _ = src.shape
         # allocated on cupy's current stream, which DALI's wrapper has set to its own: the memory pool reuses
         # these blocks in that stream's order, after DALI has copied them out
-        out = cupy.empty(self._shape(n, h, w), self.kernel_dtype)
-        targets = cupy.empty((n, self.num_classes), np.float32)
+        out = cupy.empty(self._shape(src), self.kernel_dtype)
+        targets = cupy.empty((len(src), self.num_classes), np.float32)
         with cuda.gpus[src.device.id]:
             stream = cuda.external_stream(PythonFunction.current_stream().ptr)
             arrays = [cuda.as_cuda_array(x, sync=False) for x in (src, table, out, labels, targets)]

@@ -82,7 +82,7 @@ def test_placement_is_validated(image_folder):
 
 # ---- mix() in a pipeline of one's own ------------------------------------------------------------------------------
 
-def _user_pipeline(root, cfg, *, size=24, resize=True, **mix_kw):
+def _user_pipeline(root, cfg, *, size=24, resize=True, dtype=None, **mix_kw):
     """A user's own pipeline: reader, random crop, resize, flip flags, then mix; also returns what mix got."""
     from nvidia.dali import fn, pipeline_def, types
 
@@ -93,6 +93,8 @@ def _user_pipeline(root, cfg, *, size=24, resize=True, **mix_kw):
         images = fn.decoders.image_random_crop(jpegs, output_type=types.RGB)
         if resize:
             images = fn.resize(images, resize_x=size, resize_y=size)
+        if dtype is not None:
+            images = fn.cast(images, dtype=dtype)
         flip = fn.random.coin_flip(dtype=types.BOOL)
         mixed, targets = mix(images, labels, cfg, flip=flip, **mix_kw)
         return mixed, targets, images, labels, flip
@@ -166,12 +168,15 @@ def test_mix_names_bad_arguments(image_folder):
             pipe()
 
 
-@pytest.mark.parametrize("cfg,resize,match", [
-    (dm.MixupConfig(2), True, r"labels must lie in \[0, num_classes=2\), found 2"),
-    (CFG, False, "one size across the batch"),
+@pytest.mark.parametrize("cfg,kw,match", [
+    (dm.MixupConfig(2), {}, r"labels must lie in \[0, num_classes=2\), found 2"),
+    (CFG, dict(resize=False), "one size across the batch"),
+    (CFG, dict(dtype="float"), "images must be uint8"),
 ])
-def test_mix_names_bad_batches_when_run(image_folder, cfg, resize, match):
-    pipe = _user_pipeline(image_folder, cfg, resize=resize)()
+def test_mix_names_bad_batches_when_run(image_folder, cfg, kw, match):
+    from nvidia.dali import types
+    kw = {k: (types.FLOAT if v == "float" else v) for k, v in kw.items()}
+    pipe = _user_pipeline(image_folder, cfg, **kw)()
     with pytest.raises(RuntimeError, match=match):
         _run(pipe, 7)  # 25 images: every class appears within 7 batches
 
