@@ -9,7 +9,8 @@ Method: rounds; in each round every configuration, in alternating order, is buil
 (pipeline start, prefetch queue filled, kernels compiled or loaded from numba's cache), then ``--batches`` timed
 batches (GPU: synchronised before and after), and is deleted before the next one is built: one loader alive at a
 time, so no configuration is timed while another's prefetch queue fills or drains. Reports the median img/s over
-rounds, min-max, and each median over the epilogue's (same run).
+rounds, min-max, and each median over the epilogue's (same run); and this process's CPU time per batch (all its
+threads), which other processes on a shared machine disturb less than wall time.
 
     python benchmarks/bench_placement.py [--data DIR] [--device cpu|gpu] [--batch-size 64] [--image-size 224]
         [--threads 2] [--dtype float16] [--rounds 5] [--batches 12] [--warmup 4] [--json FILE]
@@ -47,8 +48,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _rate(data, name, args, num_classes) -> float:
-    """Build configuration ``name``, warm it up, return the img/s of ``args.batches`` batches; then free it."""
+def _rate(data, name, args, num_classes):
+    """Build configuration ``name``, warm it up, time ``args.batches`` batches; then free it.
+    -> (img/s of wall time, this process's CPU time per batch in ms: all its threads, DALI's and numba's)."""
     import dali_mixup as dm
     cfg = dm.MixupConfig(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, mode="batch")
     loader = dm.create_dali_loader(data, batch_size=args.batch_size, num_classes=num_classes, mixup=cfg,
@@ -58,13 +60,14 @@ def _rate(data, name, args, num_classes) -> float:
     for _ in range(args.warmup):
         next(stream)
     _sync(args.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     count = sum(len(next(stream)[0]) for _ in range(args.batches))
     _sync(args.device)
     rate = count / (time.perf_counter() - start)
+    cpu_ms = (time.process_time() - cpu) * 1e3 / args.batches
     del stream, loader
     gc.collect()
-    return rate
+    return rate, cpu_ms
 
 
 def measure(args) -> dict:
@@ -72,13 +75,18 @@ def measure(args) -> dict:
     data = Path(args.data) if args.data else ensure_sample_data() / "train"
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())
     names = list(CONFIGS)
-    rates = {name: [] for name in names}
+    rates, cpu = {name: [] for name in names}, {name: [] for name in names}
     for rnd in range(args.rounds):
         for name in (names if rnd % 2 == 0 else names[::-1]):
-            rates[name].append(_rate(data, name, args, num_classes))
-    base = statistics.median(rates["epilogue"])
+            rate, cpu_ms = _rate(data, name, args, num_classes)
+            rates[name].append(rate)
+            cpu[name].append(cpu_ms)
+    base, base_cpu = statistics.median(rates["epilogue"]), statistics.median(cpu["epilogue"])
     results = {name: {"img_per_s_median": statistics.median(r), "img_per_s_min": min(r), "img_per_s_max": max(r),
-                      "over_epilogue": statistics.median(r) / base, "rounds": r} for name, r in rates.items()}
+                      "over_epilogue": statistics.median(r) / base, "rounds": r,
+                      "cpu_ms_per_batch_median": statistics.median(cpu[name]),
+                      "cpu_over_epilogue": statistics.median(cpu[name]) / base_cpu, "cpu_rounds": cpu[name]}
+               for name, r in rates.items()}
     machine = {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
                "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
                "torch": torch.__version__, "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -102,10 +110,12 @@ def markdown(report: dict) -> str:
              f"{report['dtype']} {report['layout']}, {report['threads']} DALI threads; {report['rounds']} rounds "
              f"(alternating order, one loader alive at a time) of {report['batches']} timed batches after "
              f"{report['warmup']} warm-up batches; data: {report['data']}.", "",
-             "| placement | img/s (median) | min – max | ÷ epilogue |", "|---|---:|---:|---:|"]
+             "| placement | img/s (median) | min – max | ÷ epilogue | process CPU ms / batch | ÷ epilogue |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, r in report["results"].items():
         lines.append(f"| {name} | {r['img_per_s_median']:.0f} | {r['img_per_s_min']:.0f} – "
-                     f"{r['img_per_s_max']:.0f} | {r['over_epilogue']:.2f} |")
+                     f"{r['img_per_s_max']:.0f} | {r['over_epilogue']:.2f} | {r['cpu_ms_per_batch_median']:.0f} | "
+                     f"{r['cpu_over_epilogue']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,8 @@
 
 DALI pipeline (decode, random-resized crop, flip flags) -> DALI's iterator (torch tensors on the training
 device) -> the fused kernel as the iterator's epilogue (mix + normalise + flip + cast + layout + soft targets,
-one kernel each) -> ``(images, targets)``.
+one kernel each; or, placement "graph", the same kernels inside the pipeline: ``dali.mix``) ->
+``(images, targets)``.
 """
 
 from __future__ import annotations
