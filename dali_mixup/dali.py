@@ -240,9 +240,10 @@ def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int
         (images, targets): images as ``out_dtype`` (3, H, W) or (H, W, 3) per sample, layout "CHW"/"HWC";
         targets float32 (num_classes,) per sample; both on the images' device.
 
-    The batch size must be the pipeline's ``batch_size`` at every run (readers give that). The key's position
-    is part of DALI's checkpoint (``enable_checkpointing=True``): a pipeline rebuilt from a checkpoint continues
-    the same parameters.
+    The images' shapes are read on the CPU (``DataNode.shape()``): "gpu" images need DALI's dynamic executor (the
+    default since DALI 2.0). The batch size must be the pipeline's ``batch_size`` at every run (readers give
+    that). The key's position is part of DALI's checkpoint (``enable_checkpointing=True``): a pipeline rebuilt
+    from a checkpoint continues the same parameters.
     """
     fn, _, types = import_dali()
     from nvidia.dali.pipeline import Pipeline
