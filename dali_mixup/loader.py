@@ -17,7 +17,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig
 from .datasets import Dataset, find_corrupt, find_dataset, without_corrupt
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch
 from .params import sample_params
-from .pipeline import MixParamSource, build_pipeline
+from .pipeline import MixParamSource, build_pipeline, import_dali
 
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES"]
 
@@ -161,7 +161,7 @@ class DaliMixupLoader:
             if bad:
                 names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
                 return RuntimeError(f"corrupt image(s) in {self.dataset.source}: {names}: the pipeline cannot "
-                                    f"decode them (pass skip_corrupt=True to leave such files out). DALI said: {exc}")
+                                    f"decode them (pass skip_corrupt=True to leave such files out)")
         return RuntimeError(f"DALI pipeline failed reading {self.dataset.source}: {exc}")
 
     # -- resume -----------------------------------------------------------------------------------------------
@@ -235,6 +235,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
     if not 0.0 <= float(hflip) <= 1.0:
         raise ValueError(f"hflip must be a probability in [0, 1], got {hflip!r}")
     shard_id, num_shards = _default_shards(shard_id, num_shards)
+    import_dali()  # without DALI: an ImportError naming the extra to install
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
     if device == "gpu":
