@@ -363,8 +363,11 @@ def restore(trainer: Trainer, ckpt: dict) -> None:
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
     trainer.scaler.load_state_dict(ckpt["scaler"])
-    states = ckpt["loader"]
-    trainer.train_loader.load_state_dict(states[trainer.ctx.rank] if isinstance(states, list) else states)
+    states = ckpt["loader"] if isinstance(ckpt["loader"], list) else [ckpt["loader"]]
+    if len(states) != trainer.ctx.world:
+        raise ValueError(f"--resume: the checkpoint was written by {len(states)} process(es), this run has "
+                         f"{trainer.ctx.world}; resume with the same number of processes")
+    trainer.train_loader.load_state_dict(states[trainer.ctx.rank])
     trainer.history = list(ckpt.get("history", []))
     trainer.best = ckpt.get("best")
     trainer.wall_time_s = float(ckpt.get("wall_time_s", 0.0))
@@ -566,7 +569,7 @@ def _warn_about_plan(args, val_dir: Optional[Path]) -> None:
                     "peak and the cosine decay never starts", args.warmup_epochs, args.epochs)
 
 
-def run(args) -> Trainer:
+def run(args) -> Optional[Trainer]:
     """in: the parsed ``train`` flags -> out: the Trainer after the last epoch (``None`` when a resumed run
     was already complete). Prints one line per epoch and, at the end, the final and best top-1/top-5, the wall
     time and where the outputs are."""

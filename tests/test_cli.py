@@ -274,3 +274,11 @@ def test_a_flag_the_installed_loader_lacks_is_named():
         cli.loader_options(args, cli.AUGMENT_FLAGS, old_loader)
     args = parser.parse_args(["demo", "--scale", "0.3", "1"])
     assert cli.loader_options(args, cli.AUGMENT_FLAGS, old_loader) == {"scale": (0.3, 1.0)}
+
+
+def test_bench_passes_skip_corrupt(captured, tmp_path):
+    captured.stop_first = True
+    with pytest.raises(_Stop):
+        cli.main(["bench", "--data", _folders(tmp_path) + "/train", "--configs", "fused", "--skip-corrupt",
+                  "--device", "cpu", "--debug"])
+    assert captured[0]["skip_corrupt"] is True and captured[0]["num_threads"] == 4
