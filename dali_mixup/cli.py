@@ -323,9 +323,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         subparser.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(subparser, unknown)}")
     if args.command in ("demo", "train"):
         from . import loader
-        args.train_loader_options = loader_options(args, AUGMENT_FLAGS, loader.create_dali_loader)
-        args.eval_loader_options = loader_options(args, EVAL_FLAGS if args.command == "train" else {},
-                                                  loader.create_dali_loader)
+        try:
+            args.train_loader_options = loader_options(args, AUGMENT_FLAGS, loader.create_dali_loader)
+            args.eval_loader_options = loader_options(args, EVAL_FLAGS if args.command == "train" else {},
+                                                      loader.create_dali_loader)
+        except ValueError as exc:
+            parser.subcommands[args.command].error(str(exc))
     return args
 
 

@@ -330,6 +330,9 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
                   layout="NHWC" if args.channels_last else "NCHW", skip_corrupt=args.skip_corrupt)
     train_loader = _loader.create_dali_loader(train_dir, mixup=mix, backend=args.backend if mix else "none",
                                               seed=args.seed, **common, **getattr(args, "train_loader_options", {}))
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size}: larger than this process's share of {train_dir} "
+                         f"({len(train_loader.dataset)} images over {ctx.world} process(es)): no full batch")
     if args.mixup_off_epoch:
         off = args.mixup_off_epoch
         train_loader.mixup_schedule = lambda epoch: epoch < off

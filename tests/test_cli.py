@@ -151,7 +151,8 @@ def test_debug_shows_the_traceback_and_skip_corrupt_skips(corrupt_data):
 
 
 # -- the demo ----------------------------------------------------------------------------------------------------
-_LINE = re.compile(r"sample +(\d+): (mixup|cutmix|none) +(\w+) ([\d.]+)(?: \+ (\w+) ([\d.]+) +\(partner: sample (\d+)\))?")
+_LINE = re.compile(r"sample +(\d+): (mixup|cutmix|none) +(\w+) ([\d.]+)"
+                   r"(?: \+ (\w+) ([\d.]+) +\(partner: sample (\d+)\))?")
 
 
 def test_demo_prints_each_samples_class_and_its_partners(data, tmp_path):
