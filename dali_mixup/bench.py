@@ -133,6 +133,7 @@ def run(args) -> dict:
         data = ensure_sample_data() / "train"
     else:
         data = Path(args.data)
+        data = data / "train" if (data / "train").is_dir() else data  # --data means what it means for train
     if not data.is_dir():
         raise SystemExit(f"error: --data {data}: not a directory (bench needs an ImageFolder)")
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())

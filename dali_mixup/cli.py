@@ -87,9 +87,8 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 # -- flag groups -------------------------------------------------------------------------------------------------
-def _add_common(p):
-    p.add_argument("--seed", type=non_negative_int, default=SEED, help="seed of the shuffling, augmentation and "
-                   "mixing streams (and of the model's initialisation)")
+def _add_common(p, seed_help="seed of the shuffling, augmentation and mixing streams"):
+    p.add_argument("--seed", type=non_negative_int, default=SEED, help=seed_help)
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
 
 
@@ -259,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=positive_int, default=48, metavar="N", help="training images per class")
     p.add_argument("--val-per-class", type=non_negative_int, default=12, metavar="N",
                    help="validation images per class")
-    _add_common(p)
+    _add_common(p, seed_help="seed of the generated images")
     p.set_defaults(func=_cmd_make_sample_data)
 
     p = _subparser(sub, "demo", "one mixed batch from the DALI loader: each sample's class and its partner's, "
@@ -285,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mixing(p, off_epoch=True)
     _add_augmentation(p, evaluation=True)
     _add_train(p)
-    _add_common(p)
+    _add_common(p, seed_help="seed of the model's initialisation and of the shuffling, augmentation and mixing "
+                             "streams")
     p.set_defaults(func=_cmd_train)
     parser.subcommands = dict(sub.choices)  # name -> subparser, for errors printed with the subcommand's usage
     return parser
