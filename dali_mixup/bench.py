@@ -44,7 +44,8 @@ def _dali_runner(data, backend, args, device, num_classes, timm_mix=False):
     cfg = _mixup_cfg(num_classes)
     loader = create_dali_loader(data, batch_size=args.batch_size, num_classes=num_classes,
                                 image_size=args.image_size, mixup=None if backend == "none" else cfg,
-                                backend=backend, device=device, num_threads=args.threads, seed=args.seed)
+                                backend=backend, device=device, num_threads=args.threads, seed=args.seed,
+                                skip_corrupt=getattr(args, "skip_corrupt", False))
     mixer = None
     if timm_mix:
         from timm.data.mixup import Mixup
@@ -69,7 +70,12 @@ def _torch_runner(data, args, num_classes):
         transforms.ToTensor(),
         transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     ])
-    ds = datasets.ImageFolder(str(data), transform=tf)
+    from .datasets import IMAGE_EXTENSIONS, find_corrupt
+
+    def decodable(path):  # --skip-corrupt: the same cheap check as the DALI loader's
+        return path.lower().endswith(IMAGE_EXTENSIONS) and not find_corrupt([path])
+    ds = datasets.ImageFolder(str(data), transform=tf,
+                              is_valid_file=decodable if getattr(args, "skip_corrupt", False) else None)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          pin_memory=torch.cuda.is_available())
@@ -127,6 +133,7 @@ def run(args) -> dict:
         data = ensure_sample_data() / "train"
     else:
         data = Path(args.data)
+        data = data / "train" if (data / "train").is_dir() else data  # --data means what it means for train
     if not data.is_dir():
         raise SystemExit(f"error: --data {data}: not a directory (bench needs an ImageFolder)")
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())

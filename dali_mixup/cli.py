@@ -1,20 +1,219 @@
-"""Command line: ``dali-mixup`` (also ``python -m dali_mixup``).
+"""The command line, ``dali-mixup`` (also ``python -m dali_mixup``): flags, parsing and error reporting.
 
-Subcommands:
-  make-sample-data DIR   write the built-in sample dataset (generated JPEGs, ImageFolder layout)
-  bench                  loader throughput: ours vs plain DALI, DALI's own ops, DALI + timm, DataLoader + timm
-  demo                   one mixed batch from the DALI loader: its soft targets and a picture
-  train                  train a model on the loader (torchrun --nproc_per_node N -m dali_mixup train ...)
+The work of each subcommand lives in its own module (sample_data, demo, bench, train). Flags shared by several
+subcommands are defined once here, with one set of names (timm's, the older ones kept as aliases) and one set of
+defaults. Loader flags are handed to ``create_dali_loader`` only when the user sets them, so the loader's own
+defaults apply otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
+import logging
 import sys
-from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+PROG = "dali-mixup"
+DESCRIPTION = "Mixup and CutMix fused into an NVIDIA DALI data pipeline for PyTorch."
+EPILOG = ("Flags take timm's names (--mixup, --cutmix, --smoothing, --aa, --reprob, ...); the older names still "
+          "work. 'dali-mixup COMMAND --help' lists a command's flags and their defaults.")
+
+# One set of defaults for every subcommand that has the flag.
+BATCH_SIZE, IMAGE_SIZE, THREADS, SEED = 64, 224, 4, 0
+MIXUP, CUTMIX, SMOOTHING, MIXUP_MODE = 0.8, 1.0, 0.1, "batch"
+
+# Training-augmentation flag -> create_dali_loader keyword. Passed only when given (None: the loader's default).
+AUGMENT_FLAGS = {"--scale": "scale", "--ratio": "ratio", "--hflip": "hflip", "--aa": "auto_augment",
+                 "--reprob": "re_prob", "--train-interpolation": "interpolation", "--color-jitter": "color_jitter"}
+# Evaluation flag -> keyword of the validation loader.
+EVAL_FLAGS = {"--crop-pct": "crop_pct"}
+# API wording -> the flag that does the same, for error messages shown on the command line.
+_FLAG_WORDING = {"skip_corrupt=True": "--skip-corrupt"}
 
 
+# -- value types: a bad value is an argparse error naming the flag, printed with the subcommand's usage ---------
+def _number(text, kind, low=None, high=None, high_open=False, what=""):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+    if (low is not None and value < low) or (high is not None and (value >= high if high_open else value > high)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    return _number(text, int, low=1, what="an integer >= 1")
+
+
+def non_negative_int(text):
+    return _number(text, int, low=0, what="an integer >= 0")
+
+
+def non_negative_float(text):
+    return _number(text, float, low=0.0, what="a number >= 0")
+
+
+def positive_float(text):
+    value = _number(text, float, low=0.0, what="a number > 0")
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def probability(text):
+    return _number(text, float, low=0.0, high=1.0, what="a probability in [0, 1]")
+
+
+def smoothing(text):
+    return _number(text, float, low=0.0, high=1.0, high_open=True, what="a number in [0, 1)")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        default = action.default
+        if isinstance(default, bool):
+            default = "on" if default else "off"
+        elif isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
+# -- flag groups -------------------------------------------------------------------------------------------------
+def _add_common(p, seed_help="seed of the shuffling, augmentation and mixing streams"):
+    p.add_argument("--seed", type=non_negative_int, default=SEED, help=seed_help)
+    p.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+
+
+def _add_data(p, *, num_classes=True):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", "--data-dir", metavar="DIR",
+                   help="ImageFolder, or a folder holding train/ (and val/) ImageFolders (default: the built-in "
+                        "sample dataset, generated on first use)")
+    if num_classes:
+        g.add_argument("--num-classes", type=positive_int, metavar="N",
+                       help="number of classes (default: the number of class folders)")
+    g.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"],
+                   help="where DALI decodes and the batch lands; auto: the GPU when torch sees one")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=BATCH_SIZE, metavar="N",
+                   help="images per batch (per process under torchrun)")
+    g.add_argument("--image-size", "--img-size", type=positive_int, default=IMAGE_SIZE, metavar="N",
+                   help="side of the square crops")
+    g.add_argument("--threads", type=positive_int, default=THREADS, metavar="N", help="DALI CPU threads per process")
+    g.add_argument("--skip-corrupt", action="store_true",
+                   help="check every image first and leave corrupt ones out (default: off, a corrupt image stops "
+                        "the run with its name)")
+
+
+def _add_mixing(p, *, off_epoch=False):
+    g = p.add_argument_group("mixing (timm's names first; the others are older aliases)")
+    g.add_argument("--mixup", "--mixup-alpha", dest="mixup_alpha", type=non_negative_float, default=MIXUP,
+                   metavar="ALPHA", help="Mixup alpha, Beta(alpha, alpha); 0 turns Mixup off")
+    g.add_argument("--cutmix", "--cutmix-alpha", dest="cutmix_alpha", type=non_negative_float, default=CUTMIX,
+                   metavar="ALPHA", help="CutMix alpha; 0 turns CutMix off")
+    g.add_argument("--cutmix-minmax", type=probability, nargs=2, metavar=("MIN", "MAX"),
+                   help="CutMix box side as fractions of the image side, drawn uniformly; turns CutMix on and "
+                        "overrides --cutmix (default: none, the box from --cutmix's Beta)")
+    g.add_argument("--mixup-prob", dest="prob", type=probability, default=1.0, metavar="P",
+                   help="probability that a batch/pair/sample is mixed at all")
+    g.add_argument("--mixup-switch-prob", dest="switch_prob", type=probability, default=0.5, metavar="P",
+                   help="probability of CutMix rather than Mixup when both are on")
+    g.add_argument("--mixup-mode", "--mix-mode", "--mode", dest="mode", default=MIXUP_MODE,
+                   choices=["batch", "pair", "elem"], metavar="MODE",
+                   help="batch, pair or elem: one lambda per batch, per pair of samples or per sample")
+    g.add_argument("--smoothing", "--label-smoothing", dest="label_smoothing", type=smoothing, default=SMOOTHING,
+                   metavar="EPS", help="label smoothing of the soft targets")
+    g.add_argument("--pairing", default="permutation", choices=["permutation", "flip"],
+                   help="partner of each sample: a random derangement, or timm's i <-> B-1-i")
+    if off_epoch:
+        g.add_argument("--mixup-off-epoch", type=non_negative_int, default=0, metavar="N",
+                       help="no mixing from epoch N on; 0: mix in every epoch (timm's meaning)")
+
+
+def _add_augmentation(p, *, evaluation=False):
+    g = p.add_argument_group("augmentation (timm's names; unset: the loader's defaults)")
+    g.add_argument("--scale", dest="scale", type=probability, nargs=2, metavar=("MIN", "MAX"),
+                   help="random-resized-crop area range (default: 0.08 1.0)")
+    g.add_argument("--ratio", dest="ratio", type=positive_float, nargs=2, metavar=("MIN", "MAX"),
+                   help="random-resized-crop aspect-ratio range (default: 0.75 1.33, i.e. 3/4 4/3)")
+    g.add_argument("--hflip", dest="hflip", type=probability, metavar="P",
+                   help="probability of a horizontal flip (default: 0.5)")
+    g.add_argument("--aa", dest="auto_augment", metavar="POLICY",
+                   help="AutoAugment/RandAugment policy in timm's or torchvision's spelling, e.g. rand-m9-mstd0.5 "
+                        "(default: none)")
+    g.add_argument("--reprob", dest="re_prob", type=probability, metavar="P",
+                   help="random-erasing probability (default: 0, off)")
+    g.add_argument("--train-interpolation", dest="interpolation",
+                   choices=["bilinear", "bicubic", "nearest", "random"],
+                   help="resize interpolation of the training crops (default: bilinear)")
+    g.add_argument("--color-jitter", dest="color_jitter", type=non_negative_float, metavar="F",
+                   help="colour-jitter strength (default: none)")
+    if evaluation:
+        g.add_argument("--crop-pct", dest="crop_pct", type=probability, metavar="F",
+                       help="validation centre crop: resize the shorter side to image-size / F, then crop "
+                            "(default: 0.875)")
+
+
+def _add_train(p):
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument("--val-data", metavar="DIR", help="validation ImageFolder (default: DATA/val when it exists)")
+    g.add_argument("--model", default="resnet50", help="a torchvision model name, or a timm one when timm is "
+                                                       "installed")
+    g.add_argument("--epochs", type=positive_int, default=90, metavar="N", help="epochs to train")
+    g.add_argument("--lr", type=positive_float, metavar="LR",
+                   help="learning rate (default: --lr-base scaled to the global batch)")
+    g.add_argument("--lr-base", type=positive_float, default=0.1, metavar="LR",
+                   help="learning rate for a global batch of 256, scaled linearly when --lr is not given")
+    g.add_argument("--momentum", type=probability, default=0.9, metavar="M", help="SGD (Nesterov) momentum")
+    g.add_argument("--weight-decay", type=non_negative_float, default=5e-5, metavar="WD",
+                   help="weight decay, not applied to norms and biases")
+    g.add_argument("--warmup-epochs", type=non_negative_float, default=5.0, metavar="N",
+                   help="linear warm-up before the cosine decay (may be fractional)")
+    g.add_argument("--amp", nargs="?", const="auto", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision; auto (also a bare --amp): bf16 on GPUs that have it, off on the CPU")
+    g.add_argument("--channels-last", action="store_true",
+                   help="channels-last model; the loader writes NHWC, no copy")
+    g.add_argument("--backend", default="fused", choices=["fused", "dali", "none"],
+                   help="mixing by the fused kernel, by DALI's own operators, or no mixing")
+    g.add_argument("--max-steps", type=positive_int, metavar="N",
+                   help="stop each epoch after N steps, for smoke runs (default: whole epochs)")
+    g = p.add_argument_group("output and resuming")
+    g.add_argument("--output", default="runs/train", metavar="DIR",
+                   help="checkpoints, metrics.csv, summary.json; an existing run there is never overwritten "
+                        "without --resume or --overwrite")
+    g.add_argument("--resume", nargs="?", const="", metavar="CKPT",
+                   help="continue from CKPT (model, optimiser, schedule, loader, history); a bare --resume "
+                        "continues OUTPUT/checkpoint-last.pt (default: a new run)")
+    g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    g.add_argument("--keep-checkpoints", "--checkpoint-hist", type=non_negative_int, default=3, metavar="N",
+                   help="numbered checkpoints kept besides checkpoint-last.pt and checkpoint-best.pt "
+                        "(best validation top-1)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_bench_only(p):
+    # Flags of the benchmark alone (bench.py reads them); shared flags come from _add_data / _add_common.
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
+                   help="DataLoader workers of the torch+timm configuration")
+    g.add_argument("--rounds", type=positive_int, default=5, metavar="N",
+                   help="measured rounds, after one warm-up round")
+    g.add_argument("--batches", type=positive_int, default=6, metavar="N", help="batches per configuration per round")
+    g.add_argument("--configs", nargs="+", metavar="NAME",
+                   default=["fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"],
+                   help="configurations to measure")
+    g.add_argument("--json", metavar="FILE", help="also write the results to FILE (and FILE.md, FILE.png beside "
+                                                  "it) (default: print only)")
+
+
+# -- subcommands -------------------------------------------------------------------------------------------------
 def _cmd_make_sample_data(args) -> int:
     from .sample_data import make_sample_data
     root = make_sample_data(args.dir, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
@@ -25,59 +224,15 @@ def _cmd_make_sample_data(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    import numpy as np
-    import torch
-
-    import dali_mixup as dm
-    from .loader import create_dali_loader
-    from .sample_data import ensure_sample_data
-
-    if args.data is None:
-        root = ensure_sample_data() / "train"
-        print(f"using the built-in sample dataset in {root.parent}")
-    else:
-        root = Path(args.data)
-    num_classes = args.num_classes
-    if num_classes is None:
-        num_classes = sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else 0
-        if num_classes < 1:
-            raise SystemExit(f"error: --data {root}: give --num-classes (no class sub-folders to count)")
-    cfg = dm.MixupConfig(num_classes, mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
-                         mode=args.mode, label_smoothing=args.label_smoothing)
-    loader = create_dali_loader(root, batch_size=args.batch_size, num_classes=num_classes,
-                                image_size=args.image_size, mixup=cfg, device=args.device, seed=args.seed,
-                                num_threads=args.threads)
-    images, targets = next(iter(loader))
-    n, size = len(images), args.image_size
-    classes = loader.dataset.classes or [str(c) for c in range(num_classes)]
-    print(f"first batch: images {tuple(images.shape)} {images.dtype} on {images.device}, "
-          f"targets {tuple(targets.shape)} {targets.dtype}; {len(loader)} batches per epoch")
-    params = dm.sample_params(cfg, n, size, size, seed=args.seed, epoch=0, step=0, rank=loader.shard_id)
-    for i in range(min(4, n)):
-        top = torch.topk(targets[i], k=min(2, num_classes))
-        parts = ", ".join(f"{classes[c]} {w:.2f}" for w, c in zip(top.values.tolist(), top.indices.tolist()))
-        kind = "cutmix" if params.use_cutmix[i] else ("mixup" if params.lam[i] < 1 else "none")
-        print(f"  sample {i}: {kind:6s} lam={params.lam[i]:.3f} target: {parts}")
-    if args.save:
-        from PIL import Image
-        mean = torch.tensor(dm.IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(dm.IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-        pic = (images.float() * std + mean).clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
-        cols = min(8, n)
-        rows = (n + cols - 1) // cols
-        grid = np.zeros((rows * size, cols * size, 3), np.uint8)
-        for i in range(n):
-            grid[(i // cols) * size:(i // cols + 1) * size, (i % cols) * size:(i % cols + 1) * size] = pic[i]
-        Image.fromarray(grid).save(args.save)
-        print(f"saved the mixed batch to {args.save}")
-    return 0
+    from .demo import run
+    return run(args)
 
 
 def _cmd_bench(args) -> int:
     from . import bench
     unknown = set(args.configs) - set(bench.CONFIGS)
     if unknown:
-        raise SystemExit(f"error: --configs: unknown {sorted(unknown)}; choose from {', '.join(bench.CONFIGS)}")
+        raise ValueError(f"--configs: unknown {sorted(unknown)}; choose from {', '.join(bench.CONFIGS)}")
     return bench.main(args)
 
 
@@ -87,62 +242,140 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dali-mixup", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def _subparser(sub, name, help_text, description=None):
+    return sub.add_parser(name, help=help_text, description=description or help_text, allow_abbrev=False,
+                          formatter_class=_HelpFormatter)
 
-    p = sub.add_parser("make-sample-data", help="write the built-in sample dataset (generated JPEGs)")
-    p.add_argument("dir", help="output directory (train/ and val/ are created inside)")
-    p.add_argument("--train-per-class", type=int, default=48)
-    p.add_argument("--val-per-class", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
+
+def build_parser() -> argparse.ArgumentParser:
+    """in: nothing -> out: the parser of every subcommand (no prefix matching: ``--epoch`` is not ``--epochs``)."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
+                                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _subparser(sub, "make-sample-data", "write the built-in sample dataset (generated JPEGs, ImageFolder)")
+    p.add_argument("dir", help="output folder (train/ and val/ are created inside)")
+    p.add_argument("--train-per-class", type=positive_int, default=48, metavar="N", help="training images per class")
+    p.add_argument("--val-per-class", type=non_negative_int, default=12, metavar="N",
+                   help="validation images per class")
+    _add_common(p, seed_help="seed of the generated images")
     p.set_defaults(func=_cmd_make_sample_data)
 
-    p = sub.add_parser("demo", help="one mixed batch from the DALI loader: its soft targets and a picture")
-    p.add_argument("--data", help="ImageFolder; default: the built-in sample dataset")
-    p.add_argument("--num-classes", type=int, help="default: the number of class folders")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2, help="DALI threads")
-    p.add_argument("--mixup-alpha", type=float, default=0.8)
-    p.add_argument("--cutmix-alpha", type=float, default=1.0)
-    p.add_argument("--mode", default="elem", choices=["batch", "pair", "elem"])
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default="mixed-batch.png", help="PNG of the mixed batch ('' to skip)")
+    p = _subparser(sub, "demo", "one mixed batch from the DALI loader: each sample's class and its partner's, "
+                                "with their weights, and a picture")
+    _add_data(p)
+    _add_mixing(p)
+    _add_augmentation(p)
+    p.add_argument("--save", default="mixed-batch.png", metavar="FILE",
+                   help="PNG of the mixed batch, each tile labelled ('' to skip)")
+    _add_common(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("bench", help="loader throughput: ours vs plain DALI, DALI ops, DALI+timm, DataLoader+timm")
-    p.add_argument("--data", help="ImageFolder (training split); default: the built-in sample dataset")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--threads", type=int, default=2, help="DALI threads")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--rounds", type=int, default=5, help="measured rounds (after one warm-up round)")
-    p.add_argument("--batches", type=int, default=6, help="batches per configuration per round")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--configs", nargs="+", default=["fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"])
-    p.add_argument("--json", help="write results to this JSON file (and .md, .png beside it)")
+    p = _subparser(sub, "bench", "loader throughput: ours vs plain DALI, DALI's own ops, DALI + timm, "
+                                 "DataLoader + timm")
+    _add_data(p, num_classes=False)
+    _add_bench_only(p)
+    _add_common(p)
     p.set_defaults(func=_cmd_bench)
 
-    from .train import add_arguments
-    p = sub.add_parser("train", help="train an ImageNet model on the loader (torchrun for many GPUs)")
-    add_arguments(p)
+    p = _subparser(sub, "train", "train a model on the loader (torchrun --nproc_per_node N -m dali_mixup train "
+                                 "... for several GPUs)")
+    _add_data(p)
+    _add_mixing(p, off_epoch=True)
+    _add_augmentation(p, evaluation=True)
+    _add_train(p)
+    _add_common(p, seed_help="seed of the model's initialisation and of the shuffling, augmentation and mixing "
+                             "streams")
     p.set_defaults(func=_cmd_train)
+    parser.subcommands = dict(sub.choices)  # name -> subparser, for errors printed with the subcommand's usage
     return parser
 
 
+def _did_you_mean(parser: argparse.ArgumentParser, unknown: List[str]) -> str:
+    flags = [s for a in parser._actions for s in a.option_strings]
+    hints = [m for u in unknown if u.startswith("--") for m in difflib.get_close_matches(u.split("=")[0], flags, 1)]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
+def loader_options(args, flags: Dict[str, str], loader_fn) -> dict:
+    """in: parsed flags, a {flag: keyword} table, the loader factory -> out: {keyword: value} of the flags the
+    user set. A flag whose keyword ``loader_fn`` does not take is an error naming the flag."""
+    options = {kw: getattr(args, kw) for kw in flags.values() if getattr(args, kw, None) is not None}
+    params = inspect.signature(loader_fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        missing = [flag for flag, kw in flags.items() if kw in options and kw not in params]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: the installed loader (create_dali_loader) has no "
+                             f"{', '.join(flags[f] for f in missing)} option; update dali-mixup or leave the flag out")
+    for kw in ("scale", "ratio"):
+        if kw in options:
+            options[kw] = tuple(options[kw])
+    return options
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """in: command-line words (default: sys.argv[1:]) -> out: the parsed flags. An unknown flag prints the
+    subcommand's usage (not the top-level one) and exits 2."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subparser = parser.subcommands[args.command]
+        subparser.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(subparser, unknown)}")
+    if args.command in ("demo", "train"):
+        from . import loader
+        try:
+            args.train_loader_options = loader_options(args, AUGMENT_FLAGS, loader.create_dali_loader)
+            args.eval_loader_options = loader_options(args, EVAL_FLAGS if args.command == "train" else {},
+                                                      loader.create_dali_loader)
+        except ValueError as exc:
+            parser.subcommands[args.command].error(str(exc))
+    return args
+
+
+def one_paragraph(exc: BaseException) -> str:
+    """in: an exception -> out: its message as one paragraph (the first paragraph, lines joined), in the
+    command line's words."""
+    text = str(exc).strip() or type(exc).__name__
+    text = " ".join(text.split("\n\n")[0].split())
+    for words, flag in _FLAG_WORDING.items():
+        text = text.replace(words, flag)
+    if not isinstance(exc, (ValueError, OSError, ImportError, RuntimeError)):
+        text = f"{type(exc).__name__}: {text}"
+    return text
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("dali_mixup")
+    if not any(getattr(h, "_dali_mixup_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter())
+        handler._dali_mixup_cli = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("batch_size", "image_size", "rounds", "train_per_class", "threads", "batches", "epochs"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
+    """in: command-line words -> out: exit status. Errors end in one paragraph on stderr (``--debug``: the
+    traceback)."""
+    args = parse_args(argv)
+    _log_to_stderr()
     try:
-        return args.func(args)
-    except ValueError as exc:  # configuration errors name their field; show them without a traceback
-        raise SystemExit(f"error: {exc}") from exc
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        # errors about the input name the flag or file; for anything else the traceback may help
+        hint = "" if isinstance(exc, (ValueError, OSError, ImportError)) else " (--debug shows the traceback)"
+        print(f"{PROG} {args.command}: error: {one_paragraph(exc)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalizatio
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch
 from .params import sample_params
+from .dali import import_dali
 from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
 
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES"]
@@ -308,10 +309,13 @@ class DaliMixupLoader:
 
     def _explain(self, exc: RuntimeError) -> Exception:
         """DALI's read and decode errors do not name the file: find what is wrong now (missing, unreadable, empty,
-        corrupt files; truncated shards, bad labels, corrupt images by shard and key) and name it."""
+        corrupt files; truncated shards, bad labels, corrupt images by shard and key) and name it. DALI's own
+        (multi-line) report stays attached as the cause."""
         found = diagnose(self.dataset, self.num_classes)
-        what = f": {found}" if found is not None else ""
-        return RuntimeError(f"DALI pipeline failed reading {self.dataset.source}{what}. DALI said: {exc}")
+        if found is not None:
+            return RuntimeError(f"DALI pipeline failed reading {self.dataset.source}: {found}")
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RuntimeError(f"DALI pipeline failed reading {self.dataset.source}; DALI said: {said}")
 
     # -- resume -----------------------------------------------------------------------------------------------
     def _stream_identity(self) -> dict:
@@ -449,6 +453,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
     shard_id, num_shards = _default_shards(shard_id, num_shards)
     # DALI takes an int64 seed; rank r's pipeline uses pipeline_seed(seed, r)
     seed = _integer("seed", seed, 0, DALI_SEED_MAX - pipeline_seed(0, num_shards - 1))
+    import_dali()  # without DALI: an ImportError naming the extra to install
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
     device_id = _cuda_device_id(device_id) if device == "gpu" else None

@@ -7,57 +7,117 @@ Several nodes:    torchrun --nnodes N --node_rank R --nproc_per_node 8 --rdzv_ba
 
 DIR holds ``train/`` and ``val/`` ImageFolders (or give --val-data). DDP uses NCCL on GPUs and gloo on the CPU;
 each rank reads its own DALI shard; metrics are reduced across ranks; only rank 0 writes checkpoints and logs.
+
+The steps, each usable alone: ``setup`` (processes and device) -> ``prepare_output`` (never overwrite a run by
+accident) -> ``build`` (loaders, model, optimiser, schedule) -> ``restore`` (resume from ``load_checkpoint``) ->
+per epoch ``train_one_epoch``, ``evaluate``, ``record`` and ``save_checkpoint`` (atomic; the last N and the best
+top-1 kept) -> ``summary``. ``run`` strings them together for the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import hashlib
+import difflib
+import io
 import json
+import logging
 import math
 import os
+import re
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 import dali_mixup as dm
-from .loader import create_dali_loader
+from . import loader as _loader
+
+log = logging.getLogger("dali_mixup")
+
+METRICS = ("epoch", "train_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds")
+_NUMBERED = re.compile(r"checkpoint-(\d+)\.pt$")
+LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="folder with train/ and val/ ImageFolders; default: the built-in sample dataset")
-    p.add_argument("--val-data", help="validation ImageFolder (default: DATA/val)")
-    p.add_argument("--model", default="resnet50", help="torchvision model name (timm names when timm is installed)")
-    p.add_argument("--num-classes", type=int, help="default: the number of class folders in the training data")
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate for a global batch of 256 (scaled)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-5, help="not applied to norms and biases")
-    p.add_argument("--warmup-epochs", type=float, default=5.0)
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="auto: bf16 on GPUs that support it, off on the CPU")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--mixup-alpha", type=float, default=0.2)
-    p.add_argument("--cutmix-alpha", type=float, default=0.0)
-    p.add_argument("--mix-mode", default="batch", choices=list(dm.MODES))
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--mixup-off-epoch", type=int, default=None, help="no mixing from this epoch on")
-    p.add_argument("--backend", default="fused", choices=["fused", "dali", "none"])
-    p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
-    p.add_argument("--threads", type=int, default=4, help="DALI threads per process")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="runs/train", help="checkpoints, metrics.csv, summary.json")
-    p.add_argument("--resume", help="checkpoint to continue from (model, optimiser, scaler, schedule, loader)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke runs)")
-    p.add_argument("--no-progress", action="store_true")
+# -- data and model ----------------------------------------------------------------------------------------------
+def find_splits(data: Optional[str], val_data: Optional[str]) -> Tuple[Path, Optional[Path]]:
+    """in: --data (None: the built-in sample dataset), --val-data -> out: (training folder, validation folder or
+    None). DATA may be an ImageFolder itself or hold train/ (and val/)."""
+    from .sample_data import ensure_sample_data
+    root = Path(data) if data is not None else ensure_sample_data()
+    if not root.exists():
+        raise FileNotFoundError(f"--data {root}: no such folder")
+    if not root.is_dir():
+        raise ValueError(f"--data {root}: not a folder (an ImageFolder, or a folder holding train/ and val/)")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    if val_data is not None:
+        val_dir = Path(val_data)
+        if not val_dir.is_dir():
+            raise FileNotFoundError(f"--val-data {val_dir}: no such folder")
+        return train_dir, val_dir
+    return train_dir, (root / "val" if (root / "val").is_dir() else None)
+
+
+def count_classes(folder: Path) -> int:
+    """in: an ImageFolder -> out: its number of class folders (an error naming the folder when it has none)."""
+    count = sum(1 for p in folder.iterdir() if p.is_dir())
+    if count < 1:
+        raise ValueError(f"--data {folder}: no class folders to count; give --num-classes")
+    return count
+
+
+def mixup_config(args, num_classes: int) -> Optional[dm.MixupConfig]:
+    """in: the mixing flags -> out: their MixupConfig, or None when they ask for neither mixing nor smoothing."""
+    if not (args.mixup_alpha > 0 or args.cutmix_alpha > 0 or args.cutmix_minmax or args.label_smoothing > 0):
+        return None
+    return dm.MixupConfig(num_classes, mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+                          cutmix_minmax=tuple(args.cutmix_minmax) if args.cutmix_minmax else None, prob=args.prob,
+                          switch_prob=args.switch_prob, mode=args.mode, label_smoothing=args.label_smoothing,
+                          pairing=args.pairing)
+
+
+def check_model_name(name: str) -> str:
+    """in: --model -> out: "torchvision" or "timm", the library that has it; otherwise an error with the
+    nearest names."""
+    import torchvision
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name in known:
+        return "torchvision"
+    try:
+        import timm
+    except ImportError:
+        timm = None
+    if timm is not None:
+        if timm.is_model(name):
+            return "timm"
+        known = known + timm.list_models()
+    near = difflib.get_close_matches(name, known, n=3)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    if timm is None:
+        raise ValueError(f"--model {name}: not a torchvision model, and timm (whose models would count too) is not "
+                         f"installed{hint}")
+    raise ValueError(f"--model {name}: neither a torchvision nor a timm model{hint}")
+
+
+def build_model(name: str, num_classes: int) -> torch.nn.Module:
+    """in: a torchvision or timm model name -> out: the model, randomly initialised, with num_classes outputs."""
+    if check_model_name(name) == "torchvision":
+        import torchvision
+        return torchvision.models.get_model(name, num_classes=num_classes)
+    import timm
+    return timm.create_model(name, num_classes=num_classes)
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """in: logits (B, C), soft targets (B, C) -> out: cross-entropy averaged over the batch (timm's
+    SoftTargetCrossEntropy)."""
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 def _param_groups(model, weight_decay):
@@ -68,266 +128,529 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_model(name: str, num_classes: int) -> torch.nn.Module:
-    import torchvision
-    if name in torchvision.models.list_models(module=torchvision.models):
-        return torchvision.models.get_model(name, num_classes=num_classes)
-    try:
-        import timm
-    except ImportError:
-        timm = None
-    if timm is not None and timm.is_model(name):
-        return timm.create_model(name, num_classes=num_classes)
-    raise SystemExit(f"error: --model {name}: not a torchvision model" + ("" if timm else " (and timm is not installed)"))
+# -- processes ---------------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """The process's place in the run: rank, world size, device; ``owns_group``: this run started the
+    process group (and ends it)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against soft targets (timm's SoftTargetCrossEntropy), averaged over the batch."""
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+def setup(device: str) -> Context:
+    """in: --device (auto|gpu|cpu) -> out: the Context; joins torchrun's process group (NCCL on GPUs, gloo on
+    CPUs) unless one is already running."""
+    want_gpu = device == "gpu" or (device == "auto" and torch.cuda.is_available())
+    if device == "gpu" and not torch.cuda.is_available():
+        raise ValueError("--device gpu: torch sees no CUDA device")
+    owns = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_gpu else "gloo")
+        owns = True
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if want_gpu:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return Context(rank, world, torch.device("cuda", local_rank), owns)
+    return Context(rank, world, torch.device("cpu"), owns)
 
 
-def _checksum(model) -> str:
-    """Digest of the trainable parameters (BatchNorm running statistics are per rank between broadcasts)."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+def teardown(ctx: Context) -> None:
+    if ctx.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
-class _Progress:
-    def __init__(self, total, enabled, prefix):
-        self.total, self.enabled, self.prefix = total, enabled, prefix
-
-    def update(self, done, text):
-        if self.enabled:
-            width = 24
-            filled = int(width * done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.prefix} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {text}")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
-def _reduce(values, device):
+def _reduce(values, device) -> List[float]:
+    """in: numbers of this rank -> out: their sums over all ranks."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
 
 
-def evaluate(model, loader, device, channels_last, amp_dtype):
-    model.eval()
-    correct1 = correct5 = count = 0.0
-    with torch.no_grad():
-        for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.permute(0, 3, 1, 2)  # NHWC batch viewed as channels-last NCHW
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images)
-            labels = targets.to(device).argmax(1)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == labels).sum().item()
-            correct5 += (top == labels[:, None]).any(1).sum().item()
-            count += len(labels)
-    c1, c5, n = _reduce([correct1, correct5, count], device)
-    return 100.0 * c1 / max(n, 1), 100.0 * c5 / max(n, 1)
+def _gather(obj, world) -> list:
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * world
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
 
 
-def run(args) -> dict:
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    want_gpu = args.device == "gpu" or (args.device == "auto" and torch.cuda.is_available())
-    if args.device == "gpu" and not torch.cuda.is_available():
-        raise SystemExit("error: --device gpu: torch sees no CUDA device")
-    if distributed:
-        dist.init_process_group("nccl" if want_gpu else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if want_gpu:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    is_main = rank == 0
+# -- the output folder -------------------------------------------------------------------------------------------
+def run_files(out: Path) -> List[Path]:
+    """in: an output folder -> out: the files a training run writes there (checkpoints, metrics, summary)."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name in ("metrics.csv", "summary.json", LAST, BEST)
+                  or _NUMBERED.match(p.name))
+
+
+def prepare_output(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """in: --output, whether --resume/--overwrite were given -> out: the folder ready. A run already there is
+    an error unless resumed (kept, appended to) or overwritten (its run files removed, nothing else)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out}: is a file, not a folder")
+    found = run_files(out)
+    if found and not (resume or overwrite):
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(f"--output {out} already holds a run ({names}): pass --resume to continue it, --overwrite "
+                         f"to replace it, or choose another --output")
+    if is_main:
+        if overwrite and not resume:
+            for p in found:
+                p.unlink()
+            shutil.rmtree(out / "tb", ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+
+
+def _atomic_write(path: Path, write: Callable[[io.IOBase], None], mode: str = "wb") -> None:
+    """Write through a temporary file in the same folder, flushed to disk, then renamed over ``path``: a kill
+    at any moment leaves either the old file or the new one, never a broken one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        return _train(args, rank, world, device, is_main)
-    finally:
-        if distributed:
-            dist.destroy_process_group()
+        with open(tmp, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def _resolve_data(args):
-    from .sample_data import ensure_sample_data
-    root = Path(args.data) if args.data else ensure_sample_data()
-    if not root.exists():
-        raise SystemExit(f"error: --data {root}: no such directory")
-    train_dir = root / "train" if (root / "train").is_dir() else root
-    val_dir = Path(args.val_data) if args.val_data else (root / "val" if (root / "val").is_dir() else None)
-    return train_dir, val_dir
+def _atomic_link(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link; a copy where links are not supported), atomically."""
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
-def _train(args, rank, world, device, is_main) -> dict:
+def save_checkpoint(state: dict, out: Path, *, epoch: int, keep: int, is_best: bool) -> Path:
+    """in: a checkpoint dict, the output folder, the epoch, how many numbered checkpoints to keep, whether this
+    epoch is the best so far -> out: the path of ``checkpoint-NNN.pt``. Written atomically; checkpoint-last.pt
+    (and checkpoint-best.pt when best) point at it; numbered checkpoints up to this epoch beyond the newest
+    ``keep`` are deleted (later-numbered ones, left by an abandoned continuation, are overwritten in turn)."""
+    path = out / f"checkpoint-{epoch:03d}.pt"
+    _atomic_write(path, lambda fh: torch.save(state, fh))
+    _atomic_link(path, out / LAST)
+    if is_best:
+        _atomic_link(path, out / BEST)
+    numbered = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := _NUMBERED.match(p.name)))
+    older = [p for n, p in numbered if n <= epoch]
+    for p in older[:max(0, len(older) - keep)]:
+        p.unlink()
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    """in: a checkpoint path -> out: its dict, tensors on the CPU (an error naming the path if unreadable)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"--resume {path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"--resume {path}: not a dali-mixup train checkpoint")
+    return ckpt
+
+
+def check_resumable(ckpt: dict, path: Path, *, model: str, num_classes: int) -> None:
+    """A checkpoint of another model or class count is an error naming both."""
+    if ckpt["num_classes"] != num_classes:
+        raise ValueError(f"--resume {path}: checkpoint has num_classes={ckpt['num_classes']}, the data has "
+                         f"{num_classes}")
+    if ckpt["model_name"] != model:
+        raise ValueError(f"--resume {path}: checkpoint is a {ckpt['model_name']}, not {model}")
+
+
+# -- building ----------------------------------------------------------------------------------------------------
+@dataclass
+class Trainer:
+    """Everything one run holds. ``model`` is the bare model (checkpoints, evaluation); ``net`` the one trained
+    (DDP-wrapped under torchrun). ``history`` has one row per finished epoch (``METRICS``), ``best`` the
+    epoch with the best validation top-1, ``wall_time_s`` the time of the earlier sessions of a resumed run."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_loader: object
+    val_loader: Optional[object]
+    ctx: Context
+    amp: str
+    channels_last: bool
+    steps_per_epoch: int
+    num_classes: int
+    global_batch: int
+    lr: float
+    history: List[dict] = field(default_factory=list)
+    best: Optional[dict] = None
+    start_epoch: int = 0
+    wall_time_s: float = 0.0
+
+    @property
+    def amp_dtype(self) -> Optional[torch.dtype]:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[self.amp]
+
+
+def _cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return factor
+
+
+def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_classes: int) -> Trainer:
+    """in: the train flags, the Context, the data folders -> out: a Trainer at epoch 0 (loaders, model,
+    SGD + cosine schedule with warm-up, grad scaler)."""
     torch.manual_seed(args.seed)
-    train_dir, val_dir = _resolve_data(args)
-    num_classes = args.num_classes
-    if num_classes is None:
-        num_classes = sum(1 for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else 0
-        if num_classes < 1:
-            raise SystemExit(f"error: --data {train_dir}: no class folders; give --num-classes")
     amp = args.amp
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-    mix = None  # a config with both alphas 0 never mixes but still smooths the labels
-    if args.mixup_alpha > 0 or args.cutmix_alpha > 0 or args.label_smoothing > 0:
-        try:
-            mix = dm.MixupConfig(num_classes, mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
-                                 mode=args.mix_mode, label_smoothing=args.label_smoothing)
-        except (TypeError, ValueError) as exc:
-            raise SystemExit(f"error: {exc}") from exc
-    dali_device = "gpu" if device.type == "cuda" else "cpu"
-    out_dtype = torch.float16 if device.type == "cuda" else torch.float32
+        amp = "bf16" if ctx.device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+    mix = mixup_config(args, num_classes)
     # channels_last: the loader writes NHWC and the batch is viewed as NCHW with channels-last strides (no copy)
-    loader_args = dict(batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
-                       device=dali_device, num_threads=args.threads, out_dtype=out_dtype,
-                       layout="NHWC" if args.channels_last else "NCHW")
-    train_loader = create_dali_loader(train_dir, mixup=mix, backend=args.backend if mix else "none",
-                                      seed=args.seed, **loader_args)
-    if args.mixup_off_epoch is not None:
+    common = dict(batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
+                  device="gpu" if ctx.device.type == "cuda" else "cpu", num_threads=args.threads,
+                  out_dtype=torch.float16 if ctx.device.type == "cuda" else torch.float32,
+                  layout="NHWC" if args.channels_last else "NCHW", skip_corrupt=args.skip_corrupt)
+    train_loader = _loader.create_dali_loader(train_dir, mixup=mix, backend=args.backend if mix else "none",
+                                              seed=args.seed, **common, **getattr(args, "train_loader_options", {}))
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size}: larger than this process's share of {train_dir} "
+                         f"({len(train_loader.dataset)} images over {ctx.world} process(es)): no full batch")
+    if args.mixup_off_epoch:
         off = args.mixup_off_epoch
         train_loader.mixup_schedule = lambda epoch: epoch < off
     val_loader = None
     if val_dir is not None:
-        val_loader = create_dali_loader(val_dir, train=False, **loader_args)
-
-    model = build_model(args.model, num_classes).to(device)
+        val_loader = _loader.create_dali_loader(val_dir, train=False, **common,
+                                                **getattr(args, "eval_loader_options", {}))
+    model = build_model(args.model, num_classes).to(ctx.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    global_batch = args.batch_size * world
-    lr = args.lr * global_batch / 256
+    global_batch = args.batch_size * ctx.world
+    lr = args.lr if args.lr is not None else args.lr_base * global_batch / 256
     optimizer = torch.optim.SGD(_param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
-                                nesterov=True)
-    steps_per_epoch = min(len(train_loader), args.max_steps or len(train_loader))
-    warmup = max(1, int(args.warmup_epochs * steps_per_epoch))
-    total = max(1, args.epochs * steps_per_epoch)
-
-    def schedule(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    start_epoch = 0
-    out = Path(args.output)
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=False)
-        if ckpt["num_classes"] != num_classes:
-            raise SystemExit(f"error: --resume {args.resume}: checkpoint has num_classes={ckpt['num_classes']}, "
-                             f"the data has {num_classes}")
-        if ckpt["model_name"] != args.model:
-            raise SystemExit(f"error: --resume {args.resume}: checkpoint is a {ckpt['model_name']}, not {args.model}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        train_loader.load_state_dict(ckpt["loader"][rank] if isinstance(ckpt["loader"], list) else ckpt["loader"])
-        start_epoch = ckpt["epoch"] + 1
-    ddp_model = model
+                                nesterov=args.momentum > 0)
+    steps = min(len(train_loader), args.max_steps or len(train_loader))
+    warmup = max(1, int(args.warmup_epochs * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(warmup, max(1, args.epochs * steps)))
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == "fp16")
+    net = model
     if dist.is_available() and dist.is_initialized():
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log_new = not (out / "metrics.csv").exists() or not args.resume
-        log = open(out / "metrics.csv", "w" if log_new else "a", newline="")
-        writer = csv.writer(log)
-        if log_new:
-            writer.writerow(["epoch", "train_loss", "val_top1", "val_top5", "lr", "img_per_s", "seconds"])
-        tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(out / "tb"))
-        except Exception:  # TensorBoard is optional
-            tb = None
-    history = []
-    first_losses = []
-    for epoch in range(start_epoch, args.epochs):
-        ddp_model.train()
-        progress = _Progress(steps_per_epoch, is_main and not args.no_progress, f"epoch {epoch}")
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        seen = 0
-        for step, (images, targets) in enumerate(train_loader):
-            if args.channels_last:
-                images = images.permute(0, 3, 1, 2)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = ddp_model(images)
-            loss = soft_target_cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += loss.detach()
-            seen += len(images)
-            if step < 2:  # for checking that a resumed run sees the same batches and losses
-                first_losses.append([epoch, step, loss.item(), images.float().sum().item()])
-            if is_main and (step % 10 == 0 or step + 1 == steps_per_epoch):
-                rate = seen * world / (time.perf_counter() - t0)
-                progress.update(step + 1, f"loss {loss.item():.4f} {rate:.0f} img/s")
-            if args.max_steps and step + 1 >= args.max_steps:
-                break
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return Trainer(model, net, optimizer, scheduler, scaler, train_loader, val_loader, ctx, amp,
+                   args.channels_last, steps, num_classes, global_batch, lr)
+
+
+def restore(trainer: Trainer, ckpt: dict) -> None:
+    """in: a Trainer fresh from ``build``, a checkpoint -> out: the Trainer where the checkpoint left off
+    (weights, optimiser, schedule, scaler, this rank's loader stream, history, best, wall time)."""
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt["loader"] if isinstance(ckpt["loader"], list) else [ckpt["loader"]]
+    if len(states) != trainer.ctx.world:
+        raise ValueError(f"--resume: the checkpoint was written by {len(states)} process(es), this run has "
+                         f"{trainer.ctx.world}; resume with the same number of processes")
+    trainer.train_loader.load_state_dict(states[trainer.ctx.rank])
+    trainer.history = list(ckpt.get("history", []))
+    trainer.best = ckpt.get("best")
+    trainer.wall_time_s = float(ckpt.get("wall_time_s", 0.0))
+    trainer.start_epoch = ckpt["epoch"] + 1
+
+
+# -- one epoch, evaluation ---------------------------------------------------------------------------------------
+class Progress:
+    """One progress line (bar, steps, ETA, the caller's text) on a stream, redrawn when ``interval`` seconds
+    have passed since the last draw and at the last step: at least once a second while steps take under a
+    second. On a terminal the line is redrawn in place; elsewhere (a log file) it is a new line each time."""
+
+    def __init__(self, total: int, prefix: str, stream=None, interval: Optional[float] = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.prefix, self.stream, self.clock = total, prefix, stream or sys.stderr, clock
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
+        self.start = clock()
+        self.last_draw = None
+
+    def due(self, done: int) -> bool:
+        """Whether ``update(done, ...)`` would draw (so the caller computes its text only then)."""
+        return done >= self.total or self.last_draw is None or self.clock() - self.last_draw >= self.interval
+
+    def update(self, done: int, text: str = "") -> None:
+        if not self.due(done):
+            return
+        now = self.clock()
+        self.last_draw = now
+        elapsed = now - self.start
+        eta = elapsed / max(done, 1) * (self.total - done)
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        line = (f"{self.prefix} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}  {text}")
+        self.stream.write(f"\r{line}\x1b[K" if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.last_draw is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_one_epoch(trainer: Trainer, epoch: int, progress: Optional[Progress] = None) -> dict:
+    """in: a Trainer, the epoch number, a Progress or None -> out: {"train_loss", "img_per_s", "seconds"} of
+    the epoch, summed over ranks (at most ``steps_per_epoch`` steps)."""
+    t = trainer
+    t.net.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.ctx.device)
+    seen = steps = 0
+    for images, targets in t.train_loader:
+        if t.channels_last:
+            images = images.permute(0, 3, 1, 2)  # NHWC batch viewed as channels-last NCHW
+        with torch.autocast(t.ctx.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
+            logits = t.net(images)
+        loss = soft_target_cross_entropy(logits, targets)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.scheduler.step()
+        loss_sum += loss.detach()
+        seen += len(images)
+        steps += 1
+        if progress is not None and progress.due(steps):
+            rate = seen * t.ctx.world / (time.perf_counter() - t0)
+            progress.update(steps, f"loss {loss.item():.4f}  {rate:.0f} img/s")
+        if steps >= t.steps_per_epoch and steps < len(t.train_loader):  # --max-steps: the epoch cut short
+            break
+    if progress is not None:
         progress.close()
-        seconds = time.perf_counter() - t0
-        total_loss, total_steps, total_seen = _reduce([float(loss_sum), step + 1, seen], device)
-        train_loss = total_loss / total_steps
-        top1 = top5 = float("nan")
-        if val_loader is not None:
-            top1, top5 = evaluate(model, val_loader, device, args.channels_last, amp_dtype)
-        row = dict(epoch=epoch, train_loss=train_loss, val_top1=top1, val_top5=top5,
-                   lr=optimizer.param_groups[0]["lr"], img_per_s=total_seen / seconds, seconds=seconds)
-        history.append(row)
-        loader_states = [None] * world
-        state = train_loader.state_dict()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_gather_object(loader_states, state)
-        else:
-            loader_states = [state]
-        if is_main:
-            writer.writerow([row[k] for k in ("epoch", "train_loss", "val_top1", "val_top5", "lr", "img_per_s",
-                                              "seconds")])
-            log.flush()
-            if tb is not None:
-                for k in ("train_loss", "val_top1", "val_top5", "lr", "img_per_s"):
-                    tb.add_scalar(k, row[k], epoch)
-            print(f"epoch {epoch}: train loss {train_loss:.4f}, val top-1 {top1:.2f} top-5 {top5:.2f}, "
-                  f"{row['img_per_s']:.0f} img/s", flush=True)
-            ckpt = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "loader": loader_states,
-                    "num_classes": num_classes, "model_name": args.model, "args": vars(args)}
-            torch.save(ckpt, out / f"checkpoint-{epoch:03d}.pt")
-            torch.save(ckpt, out / "checkpoint-last.pt")
-    checksums = [None] * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_gather_object(checksums, _checksum(model))
-    else:
-        checksums = [_checksum(model)]
-    summary = {"history": history, "first_losses": first_losses, "param_checksums": checksums,
-               "world_size": world, "global_batch": global_batch, "amp": amp, "device": str(device)}
-    if is_main:
-        log.close()
+    seconds = time.perf_counter() - t0
+    total_loss, total_steps, total_seen = _reduce([float(loss_sum), steps, seen], t.ctx.device)
+    return {"train_loss": total_loss / max(total_steps, 1), "img_per_s": total_seen / seconds, "seconds": seconds}
+
+
+def evaluate(trainer: Trainer) -> Tuple[float, float]:
+    """in: a Trainer with a validation loader -> out: (top-1, top-5) in percent over every validation image
+    of every rank. Targets may be class indices (B,) or one-hot rows (B, C)."""
+    t = trainer
+    t.model.eval()
+    correct1 = correct5 = count = 0.0
+    with torch.no_grad():
+        for images, targets in t.val_loader:
+            if t.channels_last:
+                images = images.permute(0, 3, 1, 2)
+            with torch.autocast(t.ctx.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
+                logits = t.model(images)
+            labels = targets.to(t.ctx.device)
+            labels = labels.argmax(1) if labels.ndim == 2 else labels
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == labels).sum().item()
+            correct5 += (top == labels[:, None]).any(1).sum().item()
+            count += len(labels)
+    c1, c5, n = _reduce([correct1, correct5, count], t.ctx.device)
+    return 100.0 * c1 / max(n, 1), 100.0 * c5 / max(n, 1)
+
+
+def _finite(value):
+    """in: a number or None -> out: the number, or None when it is NaN/inf (JSON and CSV never hold NaN)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def record(trainer: Trainer, epoch: int, stats: dict, top1: Optional[float], top5: Optional[float]) -> bool:
+    """in: the epoch's training stats and validation top-1/top-5 (None without validation) -> out: whether it
+    is the best epoch so far by top-1. Appends the epoch's row to the history."""
+    row = dict(epoch=epoch, train_loss=_finite(stats["train_loss"]), val_top1=_finite(top1),
+               val_top5=_finite(top5), lr=trainer.optimizer.param_groups[0]["lr"],
+               img_per_s=_finite(stats["img_per_s"]), seconds=stats["seconds"])
+    trainer.history.append(row)
+    if row["train_loss"] is None:
+        log.warning("epoch %d: the training loss is not finite (diverged? try a lower --lr)", epoch)
+    is_best = row["val_top1"] is not None and (trainer.best is None or row["val_top1"] > trainer.best["top1"])
+    if is_best:
+        trainer.best = {"epoch": epoch, "top1": row["val_top1"], "top5": row["val_top5"]}
+    return is_best
+
+
+def checkpoint_state(trainer: Trainer, epoch: int, args, wall_time_s: float) -> dict:
+    """in: a Trainer after ``record`` -> out: the checkpoint dict (every rank's loader state gathered: all
+    ranks must call this)."""
+    t = trainer
+    loaders = _gather(t.train_loader.state_dict(), t.ctx.world)
+    return {"epoch": epoch, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "loader": loaders,
+            "num_classes": t.num_classes, "model_name": args.model, "history": t.history, "best": t.best,
+            "wall_time_s": wall_time_s, "args": {k: v for k, v in vars(args).items() if not callable(v)}}
+
+
+# -- logs and the summary ----------------------------------------------------------------------------------------
+def write_metrics(out: Path, history: List[dict]) -> None:
+    """metrics.csv from the whole history (rewritten atomically each epoch; empty cells where a value is None)."""
+    def write(fh):
+        writer = csv.writer(fh)
+        writer.writerow(METRICS)
+        for row in history:
+            writer.writerow(["" if row[k] is None else row[k] for k in METRICS])
+    _atomic_write(out / "metrics.csv", write, mode="w")
+
+
+def summary(history: List[dict], best: Optional[dict], *, epochs: int, wall_time_s: float, out: Path,
+            extra: dict) -> dict:
+    """in: the history, the best epoch, the planned epochs, the wall time -> out: the summary (JSON-safe, no
+    NaN): final and best top-1/top-5, wall time, where the outputs are, the history."""
+    last = history[-1] if history else None
+    final = None if last is None else {"epoch": last["epoch"], "top1": last["val_top1"], "top5": last["val_top5"],
+                                       "train_loss": last["train_loss"]}
+    done = len(history)
+    files = {"last": str(out / LAST) if done else None, "best": str(out / BEST) if best else None,
+             "metrics": str(out / "metrics.csv"), "summary": str(out / "summary.json")}
+    return {"output": str(out), "epochs_done": done, "epochs": epochs, "complete": done >= epochs,
+            "final": final, "best": best, "wall_time_s": round(wall_time_s, 3), "files": files, **extra,
+            "history": history}
+
+
+def write_summary(out: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    _atomic_write(out / "summary.json", lambda fh: fh.write(text), mode="w")
+
+
+def report(data: dict) -> str:
+    """in: a summary -> out: the lines printed at the end of a run."""
+    def scores(d):
+        if d is None or d.get("top1") is None:
+            return "no validation (give --val-data, or a val/ folder in --data)"
+        return f"top-1 {d['top1']:.2f}  top-5 {d['top5']:.2f}"
+    lines = [f"{data['epochs_done']} of {data['epochs']} epochs, wall time {_clock(data['wall_time_s'])}"]
+    if data["final"] is not None:
+        lines.append(f"  final (epoch {data['final']['epoch']}): {scores(data['final'])}")
+    if data["best"] is not None:
+        lines.append(f"  best  (epoch {data['best']['epoch']}): {scores(data['best'])}")
+    written = [Path(p).name for p in data["files"].values() if p and Path(p).exists()]
+    lines.append(f"  outputs in {data['output']}: {', '.join(written)}")
+    return "\n".join(lines)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(out / "tb"))
+    except Exception:  # TensorBoard is optional
+        return None
+
+
+# -- the whole run -----------------------------------------------------------------------------------------------
+def _warn_about_plan(args, val_dir: Optional[Path]) -> None:
+    if val_dir is None:
+        log.warning("no validation folder (no val/ in --data %s, no --val-data): the run reports no top-1/top-5 "
+                    "and keeps no best checkpoint", args.data or "(sample dataset)")
+    if args.warmup_epochs > args.epochs:
+        log.warning("--warmup-epochs %g is longer than the run (--epochs %d): the learning rate never reaches its "
+                    "peak and the cosine decay never starts", args.warmup_epochs, args.epochs)
+
+
+def run(args) -> Optional[Trainer]:
+    """in: the parsed ``train`` flags -> out: the Trainer after the last epoch (``None`` when a resumed run
+    was already complete). Prints one line per epoch and, at the end, the final and best top-1/top-5, the wall
+    time and where the outputs are."""
+    started = time.perf_counter()
+    check_model_name(args.model)
+    out = Path(args.output)
+    ctx = setup(args.device)
+    try:
+        prepare_output(out, resume=args.resume is not None, overwrite=args.overwrite, is_main=ctx.is_main)
+        train_dir, val_dir = find_splits(args.data, args.val_data)
+        num_classes = args.num_classes or count_classes(train_dir)
+        ckpt = None
+        if args.resume is not None:
+            path = Path(args.resume) if args.resume else out / LAST
+            ckpt = load_checkpoint(path)
+            check_resumable(ckpt, path, model=args.model, num_classes=num_classes)
+            if ckpt["epoch"] + 1 >= args.epochs:
+                _say_complete(ckpt, path, args, out, ctx)
+                return None
+        if ctx.is_main:
+            _warn_about_plan(args, val_dir)
+        trainer = build(args, ctx, train_dir, val_dir, num_classes)
+        if ckpt is not None:
+            restore(trainer, ckpt)
+            del ckpt
+        _fit(trainer, args, out, started)
+        return trainer
+    finally:
+        teardown(ctx)
+
+
+def _extra(trainer: Trainer, args) -> dict:
+    return {"model": args.model, "num_classes": trainer.num_classes, "world_size": trainer.ctx.world,
+            "global_batch": trainer.global_batch, "lr": trainer.lr, "amp": trainer.amp,
+            "device": str(trainer.ctx.device)}
+
+
+def _fit(trainer: Trainer, args, out: Path, started: float) -> None:
+    t, ctx = trainer, trainer.ctx
+    tb = _tensorboard(out) if ctx.is_main else None
+    if ctx.is_main:
+        print(f"training {args.model} ({t.num_classes} classes) on {ctx.world} process(es), {ctx.device}: global "
+              f"batch {t.global_batch}, lr {t.lr:g}, AMP {t.amp}, epochs {t.start_epoch}..{args.epochs - 1}, "
+              f"{t.steps_per_epoch} step(s) per epoch", flush=True)
+    for epoch in range(t.start_epoch, args.epochs):
+        progress = Progress(t.steps_per_epoch, f"epoch {epoch}") if ctx.is_main and not args.no_progress else None
+        stats = train_one_epoch(t, epoch, progress)
+        top1, top5 = evaluate(t) if t.val_loader is not None else (None, None)
+        is_best = record(t, epoch, stats, top1, top5)
+        wall = t.wall_time_s + time.perf_counter() - started
+        state = checkpoint_state(t, epoch, args, wall)
+        if not ctx.is_main:
+            continue
+        save_checkpoint(state, out, epoch=epoch, keep=args.keep_checkpoints, is_best=is_best)
+        write_metrics(out, t.history)
+        data = summary(t.history, t.best, epochs=args.epochs, wall_time_s=wall, out=out, extra=_extra(t, args))
+        write_summary(out, data)
+        if tb is not None:
+            for k in METRICS[1:]:
+                if t.history[-1][k] is not None:
+                    tb.add_scalar(k, t.history[-1][k], epoch)
+        row = t.history[-1]
+        val = "no validation" if row["val_top1"] is None else f"val top-1 {top1:.2f} top-5 {top5:.2f}"
+        loss = "not finite" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+        print(f"epoch {epoch}: train loss {loss}, {val}, {stats['img_per_s']:.0f} img/s", flush=True)
+    if ctx.is_main:
         if tb is not None:
             tb.close()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        print("done: " + report(data), flush=True)
 
 
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="dali-mixup train", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    run(parser.parse_args(argv))
-    return 0
+def _say_complete(ckpt: dict, path: Path, args, out: Path, ctx: Context) -> None:
+    """A resumed run that has nothing left to train: say so and show its results; nothing is written."""
+    if not ctx.is_main:
+        return
+    history, done = ckpt.get("history", []), ckpt["epoch"] + 1
+    data = summary(history, ckpt.get("best"), epochs=done, wall_time_s=float(ckpt.get("wall_time_s", 0.0)),
+                   out=path.parent, extra={})
+    print(f"the run in {path.parent} is complete: {path.name} holds {done} epoch(s), --epochs asks for "
+          f"{args.epochs}; nothing to train, nothing rewritten (raise --epochs to train longer)\n" + report(data),
+          flush=True)

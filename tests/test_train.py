@@ -1,17 +1,43 @@
-"""The trainer on CPU: a smoke run, resume, and two-process DDP (gloo) through torchrun."""
+"""The trainer on CPU. Runs of the command line (subprocesses, as a user runs it): a smoke run, resume, a
+finished run, the output-folder guard, no validation data, two-process DDP. Steps alone (in process): build,
+one epoch, evaluate, checkpoint, resume; atomic checkpoints; the progress bar; the summary."""
 
 import json
+import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from dali_mixup import cli, train
 from dali_mixup.sample_data import make_sample_data
 
-ARGS = ["--model", "resnet18", "--image-size", "48", "--batch-size", "8", "--threads", "1", "--device", "cpu",
-        "--lr", "0.4", "--warmup-epochs", "0.5", "--mixup-alpha", "0.2", "--no-progress"]
+ROOT = Path(__file__).resolve().parents[1]
+# test_resnet: timm's 0.4M-parameter ResNet, so a checkpoint is 3 MB and an epoch a fraction of a second
+ARGS = ["--model", "test_resnet", "--image-size", "48", "--batch-size", "8", "--threads", "1", "--device", "cpu",
+        "--lr-base", "0.4", "--warmup-epochs", "0.5", "--mixup", "0.2", "--cutmix", "0", "--no-progress"]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+
+
+def _train(*extra, launcher=None, ok=True):
+    cmd = (launcher or [sys.executable, "-m", "dali_mixup"]) + ["train"] + ARGS + list(extra)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(), cwd=ROOT)
+    if ok:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _no_nan(text):
+    def refuse(name):
+        raise AssertionError(f"summary.json holds {name}")
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -20,66 +46,198 @@ def data(tmp_path_factory):
                             num_classes=4, seed=1)
 
 
-def _train(*extra, env=None, launcher=None):
-    cmd = (launcher or [sys.executable, "-m"]) + ["dali_mixup", "train"] + ARGS + list(extra)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+@pytest.fixture(scope="module")
+def run3(data, tmp_path_factory):
+    """A finished 3-epoch run (keeping 2 numbered checkpoints) and its stdout."""
+    out = tmp_path_factory.mktemp("run3") / "run"
+    proc = _train("--data", str(data), "--epochs", "3", "--output", str(out), "--keep-checkpoints", "2")
+    return out, proc.stdout
 
 
-def test_smoke_run_loss_falls_and_checkpoints(data, tmp_path):
-    out = tmp_path / "run"
-    _train("--data", str(data), "--epochs", "3", "--output", str(out))
-    summary = json.loads((out / "summary.json").read_text())
+def test_smoke_run_writes_what_it_promises(run3):
+    out, stdout = run3
+    summary = _no_nan((out / "summary.json").read_text())
     losses = [row["train_loss"] for row in summary["history"]]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
-    for epoch in range(3):
-        assert (out / f"checkpoint-{epoch:03d}.pt").exists()
+    assert summary["complete"] and summary["epochs_done"] == 3 and summary["wall_time_s"] > 0
+    top1s = [row["val_top1"] for row in summary["history"]]
+    assert summary["final"]["top1"] == top1s[-1] and 0 <= summary["final"]["top5"] <= 100
+    assert summary["best"]["top1"] == max(top1s) and summary["best"]["epoch"] == top1s.index(max(top1s))
+    assert not {"first_losses", "param_checksums"} & set(summary)  # test data lives in the tests
+    # the last 2 numbered checkpoints, plus last and best; the best one is the best epoch's
+    assert sorted(p.name for p in out.glob("checkpoint-*.pt")) == [
+        "checkpoint-001.pt", "checkpoint-002.pt", "checkpoint-best.pt", "checkpoint-last.pt"]
+    best = torch.load(out / "checkpoint-best.pt", weights_only=False)
+    assert best["epoch"] == summary["best"]["epoch"]
+    last = torch.load(out / "checkpoint-last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "scaler", "loader", "history", "best"} <= set(last)
+    assert last["epoch"] == 2 and last["history"] == summary["history"]
     rows = (out / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("epoch,train_loss,val_top1,val_top5") and len(rows) == 4
-    ckpt = torch.load(out / "checkpoint-last.pt", weights_only=False)
-    assert {"model", "optimizer", "scheduler", "scaler", "loader", "epoch"} <= set(ckpt)
-    assert 0.0 <= summary["history"][-1]["val_top1"] <= 100.0
+    assert rows[0] == "epoch,train_loss,val_top1,val_top5,lr,img_per_s,seconds" and len(rows) == 4
+    assert f"final (epoch 2): top-1 {top1s[-1]:.2f}" in stdout and "wall time" in stdout
+    assert f"outputs in {out}" in stdout and "checkpoint-best.pt" in stdout
 
 
-def test_resume_reproduces_the_next_epoch(data, tmp_path):
-    full = tmp_path / "full"
-    _train("--data", str(data), "--epochs", "2", "--output", str(full))
+def test_resume_continues_the_same_run(data, run3, tmp_path):
+    full, _ = run3
     resumed = tmp_path / "resumed"
-    _train("--data", str(data), "--epochs", "2", "--output", str(resumed),
-           "--resume", str(full / "checkpoint-000.pt"))
-    a = json.loads((full / "summary.json").read_text())
-    b = json.loads((resumed / "summary.json").read_text())
-    epoch1 = [row for row in a["first_losses"] if row[0] == 1]
-    assert epoch1 and b["first_losses"] == epoch1  # same first batches (image sums) and the same losses
-    assert a["param_checksums"] == b["param_checksums"]
+    _train("--data", str(data), "--epochs", "3", "--output", str(resumed),
+           "--resume", str(full / "checkpoint-001.pt"))
+    a = torch.load(full / "checkpoint-last.pt", weights_only=False)
+    b = torch.load(resumed / "checkpoint-last.pt", weights_only=False)
+    for name, tensor in a["model"].items():  # same batches, same steps: the same weights, bit for bit
+        assert torch.equal(tensor, b["model"][name]), name
+    history = _no_nan((resumed / "summary.json").read_text())["history"]
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in a["history"]]  # epochs 0-1 kept
 
 
-def test_resume_with_other_classes_is_refused(data, tmp_path):
-    out = tmp_path / "run"
-    _train("--data", str(data), "--epochs", "1", "--max-steps", "1", "--output", str(out))
-    proc = subprocess.run([sys.executable, "-m", "dali_mixup", "train"] + ARGS +
-                          ["--data", str(data), "--num-classes", "7", "--epochs", "2", "--output", str(out),
-                           "--resume", str(out / "checkpoint-000.pt")], capture_output=True, text=True)
-    assert proc.returncode != 0 and "num_classes=4" in proc.stderr
+def test_resume_of_a_finished_run_says_so_and_keeps_it(data, run3):
+    out, _ = run3
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    proc = _train("--data", str(data), "--epochs", "3", "--output", str(out), "--resume")
+    assert "is complete" in proc.stdout and "nothing rewritten" in proc.stdout
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--data", "/nonexistent/data"], "/nonexistent/data"),
-    (["--model", "no_such_net"], "no_such_net"),
-])
-def test_bad_arguments(data, tmp_path, argv, message):
-    args = ["--data", str(data), "--epochs", "1", "--output", str(tmp_path / "o")] + argv
-    proc = subprocess.run([sys.executable, "-m", "dali_mixup", "train"] + ARGS + args, capture_output=True,
-                          text=True)
-    assert proc.returncode != 0 and message in proc.stderr
+def test_existing_run_is_refused_without_resume_or_overwrite(data, run3):
+    out, _ = run3
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = _train("--data", str(data), "--epochs", "3", "--output", str(out), ok=False)
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_overwrite_without_validation_warns_and_writes_no_nan(data, tmp_path):
+    out = tmp_path / "old-run"
+    out.mkdir()
+    for name in ("metrics.csv", "summary.json", "checkpoint-007.pt", "notes.txt"):
+        (out / name).write_text("from an earlier run")
+    proc = _train("--data", str(data / "train"), "--epochs", "1", "--max-steps", "1", "--warmup-epochs", "5",
+                  "--output", str(out), "--overwrite")
+    assert not (out / "checkpoint-007.pt").exists() and (out / "notes.txt").exists()  # only run files go
+    assert proc.stderr.count("no validation folder") == 1
+    assert "--warmup-epochs 5 is longer than the run (--epochs 1)" in proc.stderr
+    summary = _no_nan((out / "summary.json").read_text())
+    assert summary["final"]["top1"] is None and summary["best"] is None and len(summary["history"]) == 1
+    assert not (out / "checkpoint-best.pt").exists() and (out / "checkpoint-last.pt").exists()
+    assert "no validation" in proc.stdout
+
+
+def test_resume_with_other_classes_is_refused(data, run3, tmp_path):
+    full, _ = run3
+    proc = _train("--data", str(data), "--num-classes", "7", "--epochs", "4", "--output", str(tmp_path / "o"),
+                  "--resume", str(full / "checkpoint-last.pt"), ok=False)
+    assert proc.returncode == 1 and "num_classes=4" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_data_is_named(tmp_path):
+    proc = _train("--data", "/nonexistent/data", "--output", str(tmp_path / "o"), ok=False)
+    assert proc.returncode == 1 and "--data /nonexistent/data: no such folder" in proc.stderr
 
 
 def test_two_process_ddp_keeps_ranks_identical(data, tmp_path):
     out = tmp_path / "ddp"
-    _train("--data", str(data), "--epochs", "1", "--max-steps", "3", "--output", str(out),
-           launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"])
-    summary = json.loads((out / "summary.json").read_text())
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                str(ROOT / "tests" / "ddp_worker.py")]
+    proc = subprocess.run(launcher + ARGS + ["--data", str(data), "--epochs", "1", "--max-steps", "3",
+                                             "--output", str(out)], capture_output=True, text=True, timeout=600,
+                          env=_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = _no_nan((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 16
-    assert len(set(summary["param_checksums"])) == 1, summary["param_checksums"]
+    digests = json.loads((out / "ranks.json").read_text())
+    assert len(digests) == 2 and len(set(digests)) == 1, digests
+
+
+# -- the steps alone, in process ---------------------------------------------------------------------------------
+def _args(data, out, *extra):
+    return cli.parse_args(["train", "--data", str(data), "--output", str(out), "--image-size", "32", "-b", "4",
+                           "--model", "test_resnet", "--threads", "1", "--device", "cpu", "--epochs", "2",
+                           "--max-steps", "2", *extra])
+
+
+def test_steps_alone_build_epoch_evaluate_checkpoint_resume(data, tmp_path):
+    args = _args(data, tmp_path)
+    ctx = train.setup("cpu")
+    train_dir, val_dir = train.find_splits(args.data, None)
+    t = train.build(args, ctx, train_dir, val_dir, train.count_classes(train_dir))
+    assert t.steps_per_epoch == 2 and t.lr == pytest.approx(0.1 * 4 / 256) and t.start_epoch == 0
+    stats = train.train_one_epoch(t, 0)
+    assert math.isfinite(stats["train_loss"]) and stats["img_per_s"] > 0
+    top1, top5 = train.evaluate(t)
+    assert 0 <= top1 <= top5 <= 100
+    assert train.record(t, 0, stats, top1, top5) and t.best == {"epoch": 0, "top1": top1, "top5": top5}
+    state = train.checkpoint_state(t, 0, args, wall_time_s=1.5)
+    path = train.save_checkpoint(state, tmp_path, epoch=0, keep=1, is_best=True)
+    again = train.build(args, ctx, train_dir, val_dir, 4)
+    train.restore(again, train.load_checkpoint(path))
+    assert again.start_epoch == 1 and again.history == t.history and again.wall_time_s == 1.5
+    for name, tensor in t.model.state_dict().items():
+        assert torch.equal(tensor, again.model.state_dict()[name]), name
+    assert again.train_loader.state_dict()["step"] == t.train_loader.state_dict()["step"]
+
+
+def test_evaluate_takes_index_or_one_hot_targets():
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])
+    batches = [(torch.zeros(2, 3, 4, 4), torch.tensor([1, 2]))]
+    ctx = train.Context(0, 1, torch.device("cpu"))
+    t = train.Trainer(Fixed(), None, None, None, None, None, batches, ctx, "off", False, 1, 3, 2, 0.1)
+    assert train.evaluate(t) == (50.0, 100.0)
+    t.val_loader = [(x, torch.nn.functional.one_hot(y, 3).float()) for x, y in batches]
+    assert train.evaluate(t) == (50.0, 100.0)
+
+
+def test_checkpoints_are_atomic_and_keep_the_last_n_and_the_best(tmp_path, monkeypatch):
+    top1 = [10.0, 50.0, 30.0, 40.0, 20.0]
+    best = None
+    for epoch, score in enumerate(top1):
+        is_best = best is None or score > top1[best]
+        best = epoch if is_best else best
+        train.save_checkpoint({"epoch": epoch}, tmp_path, epoch=epoch, keep=2, is_best=is_best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-003.pt", "checkpoint-004.pt", "checkpoint-best.pt", "checkpoint-last.pt"]
+    assert torch.load(tmp_path / "checkpoint-best.pt")["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoint-last.pt")["epoch"] == 4
+
+    def killed(obj, fh):  # a save that dies half-way through writing
+        fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint({"epoch": 5}, tmp_path, epoch=5, keep=2, is_best=True)
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "checkpoint-last.pt")["epoch"] == 4  # the old one, whole
+    assert torch.load(tmp_path / "checkpoint-best.pt")["epoch"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "checkpoint-005.pt"]
+
+
+def test_progress_redraws_at_least_once_a_second_with_an_eta():
+    import io
+    now = [0.0]
+    stream = io.StringIO()
+    bar = train.Progress(100, "epoch 0", stream=stream, interval=0.5, clock=lambda: now[0])
+    draws = 0
+    for step in range(1, 101):
+        now[0] += 0.3  # steps of 0.3 s
+        if bar.due(step):
+            bar.update(step, "loss 1.0")
+            draws += 1
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == draws and 100 * 0.3 / 1.0 <= draws <= 100  # at least one draw per second of steps
+    assert lines[0].startswith("epoch 0 [") and "1/100" in lines[0] and "ETA 0:00:30" in lines[0]
+    assert "100/100" in lines[-1] and "ETA 0:00:00" in lines[-1]
+
+
+def test_summary_never_holds_nan(tmp_path):
+    ctx = train.Context(0, 1, torch.device("cpu"))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    t = train.Trainer(None, None, opt, None, None, None, None, ctx, "off", False, 1, 3, 2, 0.1)
+    assert not train.record(t, 0, {"train_loss": float("nan"), "img_per_s": 5.0, "seconds": 1.0}, None, None)
+    data = train.summary(t.history, t.best, epochs=1, wall_time_s=2.0, out=tmp_path, extra={})
+    train.write_summary(tmp_path, data)
+    saved = _no_nan((tmp_path / "summary.json").read_text())
+    assert saved["history"][0]["train_loss"] is None and saved["final"]["top1"] is None and saved["best"] is None
+    assert saved["wall_time_s"] == 2.0 and saved["complete"]
