@@ -31,11 +31,20 @@ def test_label_corruption_is_seeded_and_of_the_asked_size():
 def test_tiny_run_writes_table_and_plot(tmp_path):
     mod = _module()
     out = tmp_path / "paper"
-    report = mod.main(["--datasets", "digits", "--noise", "0.0", "0.8", "--seeds", "1", "--epochs-digits", "1",
-                       "--max-steps", "2", "--work", str(tmp_path / "work"), "--out", str(out)])
-    assert len(report["results"]) == 2 * len(mod.METHODS)
+    report = mod.main(["--noise", "0.0", "0.8", "--seeds", "1", "--epochs-digits", "3", "--eval-every", "2",
+                       "--max-steps", "50", "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert report["datasets"] == ["digits"] and len(report["results"]) == 2 * len(mod.METHODS)
     for r in report["results"]:
         assert 0 <= r["test_final"] <= 100 and 0 <= r["train_on_given_labels"] <= 100
+        # 22 steps per epoch: epochs 1 and 2 whole, the third cut short at step 50; given-label accuracy at
+        # epoch 2 (every 2) and at the last epoch
+        assert [h["epoch"] for h in r["history"]] == [1, 2, 2 + 1]
+        assert [h["train_on_given_labels"] is not None for h in r["history"]] == [False, True, True]
+        assert r["test_final"] == r["history"][-1]["test"] and r["test_best"] == max(h["test"] for h in r["history"])
+    curves = mod.curves(report)
+    assert set(curves) == {("digits", n, m) for n in (0.0, 0.8) for m in mod.METHODS}
+    test, given = curves[("digits", 0.8, "ERM")]
+    assert [e for e, _ in test] == [1, 2, 3] and [e for e, _ in given] == [2, 3]
     assert json.loads(out.with_suffix(".json").read_text())["seeds"] == 1
     table = out.with_suffix(".md").read_text()
     assert "| digits | 80% | mixup α=8 |" in table

@@ -13,8 +13,8 @@ with 0 %, 40 % and 80 % of the training labels replaced by uniformly random labe
 corruption; the test set stays clean), over several seeds. Reported per setting: final and best test accuracy,
 and the training accuracy measured against the corrupted labels (memorisation).
 
-    python benchmarks/paper/mixup_vs_erm.py                      # default: < 30 min on a 2-core CPU
-    python benchmarks/paper/mixup_vs_erm.py --full               # more epochs and seeds
+    python benchmarks/paper/mixup_vs_erm.py                      # default: digits, 60 epochs, 3 seeds, ~30 min on 2 cores
+    python benchmarks/paper/mixup_vs_erm.py --full               # both datasets, 5 seeds (hours on a CPU)
     python benchmarks/paper/mixup_vs_erm.py --out benchmarks/results/paper
 
 Needs scikit-learn (for the digits) besides the project's `[cuda13]` extra.
@@ -126,8 +126,9 @@ def accuracy(model, loader):
     return 100.0 * correct / max(count, 1)
 
 
-def train_one(setting, train_list, test_list, alpha, seed, work: Path, max_steps=None):
-    """One run; returns final/best test accuracy and train accuracy on the (possibly corrupted) labels."""
+def train_one(setting, train_list, test_list, alpha, seed, work: Path, max_steps=None, eval_every=5):
+    """One run: final/best test accuracy, train accuracy on the (possibly corrupted) labels, and the history per
+    epoch (test accuracy every epoch; accuracy on the given labels every ``eval_every`` epochs and at the end)."""
     torch.manual_seed(seed)
     c, size = setting["num_classes"], setting["image_size"]
     cfg = dm.MixupConfig(c, mixup_alpha=alpha, mode="elem")  # alpha 0: the same path, never mixing (ERM)
@@ -140,7 +141,7 @@ def train_one(setting, train_list, test_list, alpha, seed, work: Path, max_steps
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)
     steps = setting["epochs"] * len(train)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps, pct_start=0.15)
-    best = 0.0
+    history = []
     done = 0
     for epoch in range(setting["epochs"]):
         model.train()
@@ -153,11 +154,13 @@ def train_one(setting, train_list, test_list, alpha, seed, work: Path, max_steps
             done += 1
             if max_steps and done >= max_steps:
                 break
-        test_acc = accuracy(model, test)
-        best = max(best, test_acc)
-        if max_steps and done >= max_steps:
+        last = epoch + 1 == setting["epochs"] or bool(max_steps and done >= max_steps)
+        given = accuracy(model, train_eval) if last or (epoch + 1) % eval_every == 0 else None
+        history.append({"epoch": epoch + 1, "test": accuracy(model, test), "train_on_given_labels": given})
+        if last:
             break
-    return {"test_final": test_acc, "test_best": best, "train_on_given_labels": accuracy(model, train_eval)}
+    return {"test_final": history[-1]["test"], "test_best": max(h["test"] for h in history),
+            "train_on_given_labels": history[-1]["train_on_given_labels"], "history": history}
 
 
 SETTINGS = {
@@ -183,13 +186,15 @@ def run(args):
         noisy = corrupt(train_entries, noise, setting["num_classes"])
         train_list = write_list(work / f"{name}-train-noise{int(noise * 100)}.txt", noisy)
         test_list = write_list(work / f"{name}-test.txt", test_entries)
-        r = train_one(setting, train_list, test_list, METHODS[method], seed, work, max_steps=args.max_steps)
+        r = train_one(setting, train_list, test_list, METHODS[method], seed, work, max_steps=args.max_steps,
+                      eval_every=args.eval_every)
         r.update(dataset=name, noise=noise, method=method, seed=seed)
         results.append(r)
         print(f"[{k + 1}/{len(runs)} {time.perf_counter() - t0:6.0f}s] {name} noise {noise:.0%} {method:10s} "
               f"seed {seed}: test {r['test_final']:.1f} (best {r['test_best']:.1f}), "
               f"train-on-given-labels {r['train_on_given_labels']:.1f}", flush=True)
-    return {"results": results, "epochs": args.epochs, "seeds": args.seeds, "noise": args.noise,
+    return {"results": results, "epochs": {d: args.epochs[d] for d in datasets}, "seeds": args.seeds,
+            "noise": args.noise, "datasets": list(datasets), "eval_every": args.eval_every,
             "seconds": time.perf_counter() - t0, "torch": torch.__version__}
 
 
@@ -199,81 +204,102 @@ def summarise(report):
         rows.setdefault((r["dataset"], r["noise"], r["method"]), []).append(r)
     lines = ["| dataset | corrupted labels | method | test acc, final | test acc, best | train acc on given labels |",
              "|---|---:|---|---:|---:|---:|"]
-    table = {}
     for (d, noise, m), rs in rows.items():
         cells = []
         for key in ("test_final", "test_best", "train_on_given_labels"):
             vals = [r[key] for r in rs]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.1f} ± {sd:.1f}")
-            table[(d, noise, m, key)] = statistics.mean(vals)
         lines.append(f"| {d} | {noise:.0%} | {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n", table
+    return "\n".join(lines) + "\n"
 
 
-def plot(report, table, path):
-    """Test accuracy (final) against label noise, one panel per dataset (Pillow only)."""
+COLOURS = {"ERM": (198, 40, 40), "mixup α=1": (46, 125, 50), "mixup α=8": (21, 101, 192)}
+
+
+def curves(report):
+    """Mean over seeds, per (dataset, noise, method): [(epoch, test acc)], [(epoch, acc on the given labels)]."""
+    runs = {}
+    for r in report["results"]:
+        runs.setdefault((r["dataset"], r["noise"], r["method"]), []).append(r["history"])
+    out = {}
+    for key, histories in runs.items():
+        test, given = [], []
+        for h in zip(*histories):  # the same epochs in every seed's history
+            test.append((h[0]["epoch"], statistics.mean(e["test"] for e in h)))
+            if h[0]["train_on_given_labels"] is not None:
+                given.append((h[0]["epoch"], statistics.mean(e["train_on_given_labels"] for e in h)))
+        out[key] = (test, given)
+    return out
+
+
+def plot(report, path):
+    """One panel per (dataset, noise level): test accuracy (thick) and accuracy on the given, possibly corrupted,
+    training labels (thin, dotted markers) over epochs, ERM vs mixup; means over seeds (Pillow only)."""
     from PIL import Image, ImageDraw
-    names = sorted({r["dataset"] for r in report["results"]})
-    noises = sorted({r["noise"] for r in report["results"]})
-    colours = {"ERM": (198, 40, 40), "mixup α=1": (46, 125, 50), "mixup α=8": (21, 101, 192)}
-    W, H, pad = 420, 300, 45
-    img = Image.new("RGB", (W * len(names), H + 40), "white")
+    lines = curves(report)
+    panels = sorted({(d, n) for d, n, _ in lines})
+    W, H, pad = 420, 320, 45
+    img = Image.new("RGB", (W * len(panels), H + 60), "white")
     d = ImageDraw.Draw(img)
-    for k, name in enumerate(names):
+    for k, (name, noise) in enumerate(panels):
         x0 = k * W
-        d.text((x0 + pad, 8), f"{name}: final test accuracy (%) vs corrupted labels", fill="black")
-        d.line([x0 + pad, H - pad + 20, x0 + W - 20, H - pad + 20], fill="black")
-        d.line([x0 + pad, 30, x0 + pad, H - pad + 20], fill="black")
+        epochs = max(e for (dd, nn, _), (t, _) in lines.items() if (dd, nn) == (name, noise) for e, _ in t)
+        px = lambda e: x0 + pad + (W - pad - 20) * e / max(epochs, 1)  # noqa: E731
+        py = lambda v: H - pad + 20 - (H - pad - 10) * v / 100  # noqa: E731
+        d.text((x0 + pad, 8), f"{name}, {noise:.0%} corrupted labels: accuracy (%) vs epoch", fill="black")
+        d.line([px(0), py(0), px(epochs), py(0)], fill="black")
+        d.line([px(0), py(0), px(0), py(100)], fill="black")
         for v in (0, 25, 50, 75, 100):
-            y = H - pad + 20 - (H - pad - 10) * v / 100
-            d.text((x0 + 10, y - 6), str(v), fill="black")
-        for j, noise in enumerate(noises):
-            x = x0 + pad + 30 + j * (W - pad - 80) / max(1, len(noises) - 1)
-            d.text((x - 10, H - pad + 26), f"{noise:.0%}", fill="black")
-        for i, (m, colour) in enumerate(colours.items()):
-            pts = []
-            for j, noise in enumerate(noises):
-                v = table.get((name, noise, m, "test_final"))
-                if v is None:
-                    continue
-                x = x0 + pad + 30 + j * (W - pad - 80) / max(1, len(noises) - 1)
-                pts.append((x, H - pad + 20 - (H - pad - 10) * v / 100))
-            if len(pts) > 1:
-                d.line(pts, fill=colour, width=3)
-            for p in pts:
-                d.ellipse([p[0] - 4, p[1] - 4, p[0] + 4, p[1] + 4], fill=colour)
-            d.text((x0 + pad + 10 + i * 110, H + 18), m.replace("α", "alpha "), fill=colour)  # PIL's font has no α
+            d.text((x0 + 12, py(v) - 6), str(v), fill="black")
+            d.line([px(0), py(v), px(epochs), py(v)], fill=(230, 230, 230))
+        for e in range(0, epochs + 1, max(1, epochs // 4)):
+            d.text((px(e) - 6, py(0) + 6), str(e), fill="black")
+        for m, colour in COLOURS.items():
+            test, given = lines.get((name, noise, m), ([], []))
+            if len(test) > 1:
+                d.line([(px(e), py(v)) for e, v in test], fill=colour, width=3)
+            if len(given) > 1:
+                d.line([(px(e), py(v)) for e, v in given], fill=colour, width=1)
+            for e, v in given:
+                d.ellipse([px(e) - 3, py(v) - 3, px(e) + 3, py(v) + 3], outline=colour)
+    for i, (m, colour) in enumerate(COLOURS.items()):
+        d.text((pad + i * 130, H + 22), m.replace("α", "alpha "), fill=colour)  # PIL's font has no α
+    d.text((pad, H + 40), "thick: test accuracy (clean labels); thin with circles: accuracy on the given training "
+           "labels (memorisation)", fill="black")
     img.save(path)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--full", action="store_true", help="more epochs (60/60) and 5 seeds")
-    p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--datasets", nargs="+", default=["digits", "shapes"], choices=["digits", "shapes"])
+    p.add_argument("--full", action="store_true", help="both datasets and 5 seeds (60 epochs each)")
+    p.add_argument("--seeds", type=int, default=None, help="default 3 (5 with --full)")
+    p.add_argument("--datasets", nargs="+", default=None, choices=["digits", "shapes"],
+                   help="default digits (digits and shapes with --full)")
     p.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.4, 0.8])
     p.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps (tests)")
-    p.add_argument("--epochs-digits", type=int, default=None)
-    p.add_argument("--epochs-shapes", type=int, default=None)
+    p.add_argument("--epochs-digits", type=int, default=60)
+    p.add_argument("--epochs-shapes", type=int, default=60)
+    p.add_argument("--eval-every", type=int, default=5, help="epochs between measures of the given-label accuracy")
     p.add_argument("--work", default="/tmp/dali-mixup-paper", help="data files and lists")
     p.add_argument("--out", default=None, help="write OUT.json, OUT.md and OUT.png")
     args = p.parse_args(argv)
     args.seeds = args.seeds or (5 if args.full else 3)
-    args.epochs = {"digits": args.epochs_digits or (60 if args.full else 15),
-                   "shapes": args.epochs_shapes or (60 if args.full else 20)}
+    args.datasets = args.datasets or (["digits", "shapes"] if args.full else ["digits"])
+    args.epochs = {"digits": args.epochs_digits, "shapes": args.epochs_shapes}
     report = run(args)
-    text, table = summarise(report)
-    header = (f"Mixup vs ERM, {args.seeds} seeds (mean ± sd), epochs {args.epochs}, measured on "
-              f"{torch.get_num_threads()} CPU threads in {report['seconds'] / 60:.1f} min "
-              f"(command: python benchmarks/paper/mixup_vs_erm.py{' --full' if args.full else ''}).\n\n")
+    text = summarise(report)
+    command = "python benchmarks/paper/mixup_vs_erm.py" + (" --full" if args.full else "")
+    header = (f"Mixup vs ERM, {args.seeds} seeds (mean ± sd), datasets {args.datasets}, epochs "
+              f"{ {d: args.epochs[d] for d in args.datasets} }, measured on {torch.get_num_threads()} CPU threads "
+              f"in {report['seconds'] / 60:.1f} min (command: {command}).\n\n")
     print(header + text)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         out.with_suffix(".md").write_text(header + text + "\n" + PAPER + "\n")
-        plot(report, table, out.with_suffix(".png"))
+        plot(report, out.with_suffix(".png"))
     return report
 
 
