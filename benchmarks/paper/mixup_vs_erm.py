@@ -195,6 +195,7 @@ def run(args):
               f"train-on-given-labels {r['train_on_given_labels']:.1f}", flush=True)
     return {"results": results, "epochs": {d: args.epochs[d] for d in datasets}, "seeds": args.seeds,
             "noise": args.noise, "datasets": list(datasets), "eval_every": args.eval_every,
+            "threads": torch.get_num_threads(),
             "seconds": time.perf_counter() - t0, "torch": torch.__version__}
 
 
@@ -283,25 +284,48 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=5, help="epochs between measures of the given-label accuracy")
     p.add_argument("--work", default="/tmp/dali-mixup-paper", help="data files and lists")
     p.add_argument("--out", default=None, help="write OUT.json, OUT.md and OUT.png")
+    p.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                   help="no training: combine the reports of runs split over processes (e.g. one per --noise level) "
+                        "into one report, table and plot at --out")
     args = p.parse_args(argv)
+    if args.combine:
+        return write_report(combine(args.combine), args.out, args.full)
     args.seeds = args.seeds or (5 if args.full else 3)
     args.datasets = args.datasets or (["digits", "shapes"] if args.full else ["digits"])
     args.epochs = {"digits": args.epochs_digits, "shapes": args.epochs_shapes}
-    report = run(args)
+    return write_report(run(args), args.out, args.full)
+
+
+def combine(paths):
+    """One report from reports of the same settings run in parts (their results joined, their times added)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for p, part in zip(paths, parts):
+        for key in ("epochs", "seeds", "eval_every", "threads"):
+            if part.get(key) != first.get(key):
+                raise ValueError(f"{p}: {key}={part.get(key)!r} differs from {paths[0]}'s {first.get(key)!r}")
+    report = dict(first, results=[r for part in parts for r in part["results"]],
+                  seconds=sum(part["seconds"] for part in parts), parts=len(parts),
+                  noise=sorted({n for part in parts for n in part["noise"]}),
+                  datasets=sorted({d for part in parts for d in part["datasets"]}))
+    return report
+
+
+def write_report(report, out, full=False):
     text = summarise(report)
-    command = "python benchmarks/paper/mixup_vs_erm.py" + (" --full" if args.full else "")
-    header = (f"Mixup vs ERM, {args.seeds} seeds (mean ± sd), datasets {args.datasets}, epochs "
-              f"{ {d: args.epochs[d] for d in args.datasets} }, measured on {torch.get_num_threads()} CPU threads "
-              f"in {report['seconds'] / 60:.1f} min (command: {command}).\n\n")
+    command = "python benchmarks/paper/mixup_vs_erm.py" + (" --full" if full else "")
+    parts = f" split over {report['parts']} processes (--noise each; --combine)" if report.get("parts", 1) > 1 else ""
+    header = (f"Mixup vs ERM, {report['seeds']} seeds (mean ± sd), datasets {report['datasets']}, epochs "
+              f"{report['epochs']}, {report['threads']} torch thread(s) per process, {report['seconds'] / 60:.1f} "
+              f"min of runs{parts} (command: {command}).\n\n")
     print(header + text)
-    if args.out:
-        out = Path(args.out)
+    if out:
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
         out.with_suffix(".md").write_text(header + text + "\n" + PAPER + "\n")
         plot(report, out.with_suffix(".png"))
     return report
-
 
 if __name__ == "__main__":
     main()
