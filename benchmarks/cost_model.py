@@ -7,11 +7,11 @@ triton wheel that torch installs ships). Read from them:
 - registers, spill stores/loads and stack of the kernels as launched (the assembler's ``-v`` report);
 - exactness: no ``fma.rn.f32`` in the PTX and no ``FFMA`` in the SASS (a contracted ``a*b + c`` rounds once, the
   oracle rounds twice), no float64 (``.f64`` in the PTX, ``D*`` instructions in the SASS);
-- SASS instructions per output pixel on the hot path of each (dtype x layout x sample kind): the kernel is
-  compiled for one sample kind (``python_kernel(..., only_kind=...)``; the launched kernel reads the kind per
-  sample and branches once per thread), and the longest path through it (it has no loop; every instruction
-  on the path counted once, the bad-partner and tail branches included when longer) is divided by the pixels
-  a thread writes.
+- SASS instructions per output pixel on the hot path of each (dtype x layout x sample kind): the longest path
+  through the kernel compiled for one sample kind (``python_kernel(..., only_kind=...)``; the launched kernel
+  reads the kind per sample and branches once per thread), divided by the 4 pixels a thread writes; "any" is
+  the longest path through the launched kernel itself, an upper bound for every kind. The kernels have no
+  loop, so every instruction on a path is counted once (the bad-partner and tail branches when longer).
 
 Issue model (assumptions, per SM sub-partition (SMSP); an H100 SXM has 132 SMs x 4 SMSPs):
 
@@ -31,7 +31,7 @@ What it cannot see: latency and occupancy (bytes in flight), cache behaviour, cl
 (``benchmarks/test_bench_kernels.py``, group mix-gpu, against a device-to-device copy) confirms or refutes it.
 
     python benchmarks/cost_model.py [--batch 256] [--size 224] [--markdown FILE]
-    python benchmarks/cost_model.py --ptx FILE [--pixels-per-thread 1]   # any kernel's PTX (e.g. an older one)
+    python benchmarks/cost_model.py --ptx FILE [--pixels-per-thread 1] [--no-path]   # any kernel's PTX
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def longest_path(instrs: List[Instr], labels: Dict[str, int]) -> List[Instr]:
 
 
 @dataclass
-class Path_:
+class PathCost:
     instructions: int
     pipes: Dict[str, int]  # instructions per pipe on the path
 
@@ -266,14 +266,14 @@ class Path_:
         return max([self.instructions] + [n * _PIPE_CLOCKS[p] for p, n in self.pipes.items() if p in _PIPE_CLOCKS])
 
 
-def path_cost(path: List[Instr]) -> Path_:
+def path_cost(path: List[Instr]) -> PathCost:
     pipes: Dict[str, int] = {}
     for ins in path:
         if ins.pred == "@!PT":
             continue
         p = pipe(ins.op)
         pipes[p] = pipes.get(p, 0) + 1
-    return Path_(sum(pipes.values()), pipes)
+    return PathCost(sum(pipes.values()), pipes)
 
 
 @dataclass
@@ -284,18 +284,19 @@ class Analysis:
     ptx_fma: int  # fma.rn.f32 in the PTX
     sass_ffma: int  # FFMA in the SASS
     float64: int  # .f64 in the PTX + float64 SASS instructions
-    path: Path_
+    path: Optional[PathCost]  # None when not asked for (kernels with calls, e.g. a 64-bit division)
     assembler: str
 
 
-def analyse_ptx(ptx: str, nvdisasm: str, arch: str = ARCH) -> Analysis:
+def analyse_ptx(ptx: str, nvdisasm: str, arch: str = ARCH, path: bool = True) -> Analysis:
+    """Resources, exactness and (``path``) the longest path of the one kernel in ``ptx``."""
     cubin, log, assembler = assemble(ptx, arch)
     instrs, labels = disassemble(cubin, nvdisasm)
     ops = [i.op for i in instrs]
     float64 = ptx.count(".f64") + sum(1 for op in ops if any(op.startswith(f) for f in _FLOAT64))
     return Analysis(resources(log), len(re.findall(r"\bfma\.rn\.f32\b", ptx)),
                     sum(1 for op in ops if op.split(".")[0] == "FFMA"), float64,
-                    path_cost(longest_path(instrs, labels)), assembler)
+                    path_cost(longest_path(instrs, labels)) if path else None, assembler)
 
 
 def floors(n: int, h: int, w: int, out_bytes: int):
@@ -306,30 +307,12 @@ def floors(n: int, h: int, w: int, out_bytes: int):
     return base / BANDWIDTH, (base + pixels * 3) / BANDWIDTH
 
 
-def issue_time(path: Path_, warps: int) -> float:
+def issue_time(path: PathCost, warps: int) -> float:
     """Seconds to issue ``warps`` warps of the path over all SMSPs at CLOCK_HZ."""
     return warps / (SMS * SMSPS) * path.clocks / CLOCK_HZ
 
 
-@dataclass
-class Row:
-    kernel: str
-    kind: str
-    registers: int
-    spills: int
-    per_pixel: float
-    issue_s: float
-    floor_s: float
-    floor_partner_s: float
-    analysis: Analysis
-
-    @property
-    def roofline(self) -> float:
-        """Estimated fraction of the memory roofline: floor / max(issue time, floor)."""
-        return self.floor_s / max(self.issue_s, self.floor_s)
-
-
-KINDS = {"mixup": 1, "cutmix": 2, "copy": 0}  # pixel_math.KIND_*
+KINDS = {"mixup": 1, "cutmix": 2, "copy": 0}  # pixel_math.KIND_*; "any": the launched kernel, every kind
 OUT_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
@@ -341,39 +324,65 @@ def _kernels():
     return kcuda
 
 
-def vec4_name(out_name: str, nchw: bool) -> str:
-    return f"mix_images_{out_name}_{'nchw' if nchw else 'nhwc'}_vec4"
+@dataclass
+class Report:
+    """One image kernel for one batch shape: resources and exactness of the launched kernel, and per sample
+    kind (and "any": the launched kernel's longest path, an upper bound for every kind) the SASS instructions
+    per output pixel and the issue time."""
+
+    kernel: str
+    launched: Analysis
+    paths: Dict[str, PathCost]
+    pixels_per_thread: int
+    warps: int
+    floor_s: float
+    floor_partner_s: float
+
+    def per_pixel(self, kind: str) -> float:
+        return self.paths[kind].instructions / self.pixels_per_thread
+
+    def issue_s(self, kind: str) -> float:
+        return issue_time(self.paths[kind], self.warps)
+
+    def roofline(self, kind: str) -> float:
+        """Estimated fraction of the memory roofline: floor / max(issue time, floor)."""
+        return self.floor_s / max(self.issue_s(kind), self.floor_s)
 
 
-def launched_analysis(name: str, nvdisasm: str) -> Analysis:
-    """Analysis of kernel ``name`` as launched (every sample kind), for sm_90."""
-    return analyse_ptx(_kernels().compile_ptx(name, CC), nvdisasm)
+def image_kernel_name(out_name: str, nchw: bool, vec: bool = True) -> str:
+    return f"mix_images_{out_name}_{'nchw' if nchw else 'nhwc'}_{'vec4' if vec else 'generic'}"
 
 
-def estimate(out_name: str, nchw: bool, kind: str, n: int, h: int, w: int, nvdisasm: str, launched: Analysis) -> Row:
-    """The estimate for the vec4 image kernel of dtype ``out_name`` (f32/f16/bf16) and layout, samples of
-    ``kind`` (mixup/cutmix/copy), a (n, h, w) batch; registers and spills from ``launched``
-    (``launched_analysis`` of the same kernel)."""
+def report(out_name: str, nchw: bool, n: int, h: int, w: int, nvdisasm: str, kinds=tuple(KINDS),
+           vec: bool = True) -> Report:
+    """Analyse the image kernel of dtype ``out_name`` (f32/f16/bf16), layout and access (vec4/generic) for a
+    (n, h, w) uint8 batch: the launched kernel, and the kernel compiled for each of ``kinds``."""
     kcuda = _kernels()
-    name = vec4_name(out_name, nchw)
-    pinned = analyse_ptx(kcuda.compile_ptx(name, CC, only_kind=KINDS[kind]), nvdisasm)
-    geo = kcuda.launch_geometry(n, h, w, True)
+    name = image_kernel_name(out_name, nchw, vec)
+    launched = analyse_ptx(kcuda.compile_ptx(name, CC), nvdisasm)
+    paths = {"any": launched.path}
+    for kind in kinds:
+        paths[kind] = analyse_ptx(kcuda.compile_ptx(name, CC, only_kind=KINDS[kind]), nvdisasm).path
+    geo = kcuda.launch_geometry(n, h, w, vec)
     warps = geo.blocks * (-(-geo.threads // 32))
-    floor, floor_partner = floors(n, h, w, OUT_BYTES[out_name])
-    spills = launched.resources["spill_stores"] + launched.resources["spill_loads"]
-    return Row(name, kind, launched.resources["registers"], spills, pinned.path.instructions / kcuda.VEC,
-               issue_time(pinned.path, warps), floor, floor_partner, pinned)
+    return Report(name, launched, paths, kcuda.VEC, warps, *floors(n, h, w, OUT_BYTES[out_name]))  # 4 px a thread
 
 
-def table(rows: List[Row], n: int, h: int, w: int) -> str:
-    lines = [f"Static estimate, {ARCH} (H100 SXM: {SMS} SMs, {CLOCK_HZ / 1e9:.2f} GHz, {BANDWIDTH / 1e12:.1f} TB/s), "
-             f"B = {n}, {h}x{w}, uint8 -> dtype; not a measurement.", "",
+def table(reports: List[Report], n: int, h: int, w: int) -> str:
+    """Markdown: one row per kernel and sample kind."""
+    lines = [f"Static estimate, {ARCH} (H100 SXM: {SMS} SMs x {SMSPS} SMSPs, {CLOCK_HZ / 1e9:.2f} GHz, "
+             f"{BANDWIDTH / 1e12:.1f} TB/s), B = {n}, {h}x{w} uint8 in; not a measurement.", "",
              "| kernel | samples | registers | spills (B) | SASS / pixel | issue (us) | memory floor (us) | "
-             "floor + partner (us) | issue / floor | est. roofline |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r.kernel} | {r.kind} | {r.registers} | {r.spills} | {r.per_pixel:.1f} | {r.issue_s * 1e6:.1f} | "
-                     f"{r.floor_s * 1e6:.1f} | {r.floor_partner_s * 1e6:.1f} | {r.issue_s / r.floor_s:.2f} | "
-                     f"{r.roofline:.0%} |")
+             "floor + partner (us) | issue / floor | est. roofline |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in reports:
+        res = r.launched.resources
+        spills = res["spill_stores"] + res["spill_loads"]
+        for kind in r.paths:
+            label = "any (launched)" if kind == "any" else kind
+            lines.append(f"| {r.kernel} | {label} | {res['registers']} | {spills} | "
+                         f"{r.per_pixel(kind):.1f} | {r.issue_s(kind) * 1e6:.1f} | {r.floor_s * 1e6:.1f} | "
+                         f"{r.floor_partner_s * 1e6:.1f} | {r.issue_s(kind) / r.floor_s:.2f} | {r.roofline(kind):.0%} |")
     return "\n".join(lines)
 
 
@@ -384,25 +393,28 @@ def main(argv=None):
     ap.add_argument("--markdown", default=None, help="also write the table to this file")
     ap.add_argument("--ptx", default=None, help="analyse this PTX file instead of the project's kernels")
     ap.add_argument("--pixels-per-thread", type=int, default=1, help="with --ptx: output pixels per thread")
+    ap.add_argument("--no-path", action="store_true", help="with --ptx: resources and exactness only")
     args = ap.parse_args(argv)
     nvdisasm = find_disassembler()
     if nvdisasm is None or not assembler_available():
         sys.exit("needs ptxas or nvJitLink, and nvdisasm (pip install torch brings triton, which ships nvdisasm)")
     n, size = args.batch, args.size
     if args.ptx:
-        a = analyse_ptx(Path(args.ptx).read_text(), nvdisasm)
+        a = analyse_ptx(Path(args.ptx).read_text(), nvdisasm, path=not args.no_path)
         warps = -(-n * size * size // args.pixels_per_thread // 32)
+        if a.path is None:
+            print(f"{args.ptx}: {a.resources}, fma.rn.f32 {a.ptx_fma}, FFMA {a.sass_ffma}, float64 {a.float64}")
+            return
         print(f"{args.ptx}: {a.resources}, fma.rn.f32 {a.ptx_fma}, FFMA {a.sass_ffma}, float64 {a.float64}, "
               f"longest path {a.path.instructions} instructions {a.path.pipes} = "
               f"{a.path.instructions / args.pixels_per_thread:.1f} per pixel, {a.path.clocks} clocks per warp, "
               f"issue {issue_time(a.path, warps) * 1e6:.1f} us for B={n}, {size}x{size} ({a.assembler})")
         return
-    rows = []
-    for out_name in ("f16", "bf16", "f32"):
-        for nchw in (True, False):
-            launched = launched_analysis(vec4_name(out_name, nchw), nvdisasm)
-            rows += [estimate(out_name, nchw, kind, n, size, size, nvdisasm, launched) for kind in KINDS]
-    text = table(rows, n, size, size)
+    reports = [report(out_name, nchw, n, size, size, nvdisasm) for out_name in ("f16", "bf16", "f32")
+               for nchw in (True, False)]
+    reports += [report(out_name, nchw, n, size, size, nvdisasm, kinds=(), vec=False)
+                for out_name in ("f16", "bf16", "f32") for nchw in (True, False)]
+    text = table(reports, n, size, size)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

@@ -120,21 +120,33 @@ _soft_target = _math.soft_target
 
 
 @_dev
-def _pair_f32(lo, hi):
-    """Two consecutive float32 outputs as one uint64 (``lo`` first in memory)."""
-    return np.uint64(_f32_bits(lo)) | (np.uint64(_f32_bits(hi)) << np.uint64(32))
+def _store_f32(out, o, step, slots):
+    """Three runs of 4 consecutive float32 outputs (``slots``), run j at uint64 index 2 * (o + j * step) of the
+    output viewed as uint64: two 64-bit stores each."""
+    for j in range(3):  # a 3-trip loop over constant-indexed tuples: unrolled
+        q = slots[j]
+        i = np.uint64(_mad32(j, step, o)) * np.uint64(2)
+        out[i] = np.uint64(_f32_bits(q[0])) | (np.uint64(_f32_bits(q[1])) << np.uint64(32))
+        out[i + np.uint64(1)] = np.uint64(_f32_bits(q[2])) | (np.uint64(_f32_bits(q[3])) << np.uint64(32))
 
 
 @_dev
-def _quad_hw(v0, v1, v2, v3, out_kind):
-    """Four consecutive 16-bit outputs as one uint64, by the hardware conversion (sm_80 and newer)."""
-    return np.uint64(_cvt_half2(v0, v1, out_kind)) | (np.uint64(_cvt_half2(v2, v3, out_kind)) << np.uint64(32))
+def _store_hw(out, o, step, slots, out_kind):
+    """Three runs of 4 consecutive 16-bit outputs, run j at uint64 index o + j * step: one 64-bit store each,
+    converted by the hardware (sm_80 and newer)."""
+    for j in range(3):
+        q = slots[j]
+        out[_mad32(j, step, o)] = np.uint64(_cvt_half2(q[0], q[1], out_kind)) | (
+            np.uint64(_cvt_half2(q[2], q[3], out_kind)) << np.uint64(32))
 
 
 @_dev
-def _quad_soft(v0, v1, v2, v3, out_kind):
-    """Four consecutive 16-bit outputs as one uint64, by the shared software rounding."""
-    return np.uint64(_half2_soft(v0, v1, out_kind)) | (np.uint64(_half2_soft(v2, v3, out_kind)) << np.uint64(32))
+def _store_soft(out, o, step, slots, out_kind):
+    """``_store_hw`` with the shared software rounding (before sm_80)."""
+    for j in range(3):
+        q = slots[j]
+        out[_mad32(j, step, o)] = np.uint64(_half2_soft(q[0], q[1], out_kind)) | (
+            np.uint64(_half2_soft(q[2], q[3], out_kind)) << np.uint64(32))
 
 
 @_dev
@@ -269,44 +281,72 @@ def _make_vec4_kernel(out_kind, nchw, only_kind, hw):
         v0, v1, v2, v3 = _element(0, ctx), _element(1, ctx), _element(2, ctx), _element(3, ctx)
         v4, v5, v6, v7 = _element(4, ctx), _element(5, ctx), _element(6, ctx), _element(7, ctx)
         v8, v9, v10, v11 = _element(8, ctx), _element(9, ctx), _element(10, ctx), _element(11, ctx)
-        # 64-bit stores in memory order: NCHW = a run of 4 pixels per channel plane, NHWC = the 12 as they lie
-        if f32_out:
-            if nchw:
-                o = np.uint32((b * np.uint32(3) * groups + s) * np.uint32(2))
-                plane = np.uint32(2 * groups)
-                out[o], out[np.uint32(o + 1)] = _pair_f32(v0, v3), _pair_f32(v6, v9)
-                o = np.uint32(o + plane)
-                out[o], out[np.uint32(o + 1)] = _pair_f32(v1, v4), _pair_f32(v7, v10)
-                o = np.uint32(o + plane)
-                out[o], out[np.uint32(o + 1)] = _pair_f32(v2, v5), _pair_f32(v8, v11)
-            else:
-                o = np.uint32((b * groups + s) * np.uint32(6))
-                out[o], out[np.uint32(o + 1)] = _pair_f32(v0, v1), _pair_f32(v2, v3)
-                out[np.uint32(o + 2)], out[np.uint32(o + 3)] = _pair_f32(v4, v5), _pair_f32(v6, v7)
-                out[np.uint32(o + 4)], out[np.uint32(o + 5)] = _pair_f32(v8, v9), _pair_f32(v10, v11)
-        elif hw:
-            if nchw:
-                o = np.uint32(b * np.uint32(3) * groups + s)
-                out[o] = _quad_hw(v0, v3, v6, v9, out_kind)
-                out[np.uint32(o + groups)] = _quad_hw(v1, v4, v7, v10, out_kind)
-                out[np.uint32(o + 2 * groups)] = _quad_hw(v2, v5, v8, v11, out_kind)
-            else:
-                o = np.uint32((b * groups + s) * np.uint32(3))
-                out[o] = _quad_hw(v0, v1, v2, v3, out_kind)
-                out[np.uint32(o + 1)] = _quad_hw(v4, v5, v6, v7, out_kind)
-                out[np.uint32(o + 2)] = _quad_hw(v8, v9, v10, v11, out_kind)
-        elif nchw:
-            o = np.uint32(b * np.uint32(3) * groups + s)
-            out[o] = _quad_soft(v0, v3, v6, v9, out_kind)
-            out[np.uint32(o + groups)] = _quad_soft(v1, v4, v7, v10, out_kind)
-            out[np.uint32(o + 2 * groups)] = _quad_soft(v2, v5, v8, v11, out_kind)
+        # 64-bit stores in memory order, as three runs of 4 values: NCHW a run of 4 pixels per channel plane,
+        # NHWC the 12 values as they lie
+        if nchw:
+            o, step = _mad32(_mad32(b, 3, 0), groups, s), groups
+            slots = ((v0, v3, v6, v9), (v1, v4, v7, v10), (v2, v5, v8, v11))
         else:
-            o = np.uint32((b * groups + s) * np.uint32(3))
-            out[o] = _quad_soft(v0, v1, v2, v3, out_kind)
-            out[np.uint32(o + 1)] = _quad_soft(v4, v5, v6, v7, out_kind)
-            out[np.uint32(o + 2)] = _quad_soft(v8, v9, v10, v11, out_kind)
+            o, step = _mad32(_mad32(b, groups, s), 3, 0), np.uint32(1)
+            slots = ((v0, v1, v2, v3), (v4, v5, v6, v7), (v8, v9, v10, v11))
+        if f32_out:
+            _store_f32(out, o, step, slots)
+        elif hw:
+            _store_hw(out, o, step, slots, out_kind)
+        else:
+            _store_soft(out, o, step, slots, out_kind)
 
     return mix_images
+
+
+def _pixel_words(s, ctx):
+    """The three output words (float32 bits, or a float16/bfloat16 pattern) of pixel ``s`` = y * W + x of the
+    sample; ``ctx`` = (src, b, p, kind, flip_a, flip_b, box, scale, bias, ka, kb, geometry, conversion), geometry
+    = (height, width, w_m, w_sh), conversion = (f32_out, hw, out_kind). Reads only the bytes it uses."""
+    src, b, p, kind, flip_a, flip_b, box, scale, bias, ka, kb, (height, width, w_m, w_sh), conversion = ctx
+    f32_out, hw, out_kind = conversion
+    y = _udiv(s, w_m, w_sh)
+    x = np.uint32(s - y * width)
+    from_b = kind == pm.KIND_CUTMIX and _in_box(np.int32(y), np.int32(x), box[0], box[1], box[2], box[3])
+    mirrored = width - np.uint32(1) - x
+    ia = np.uint64(_mad32(_mad32(_mad32(b, height, y), width, mirrored if flip_a else x), 3, 0))
+    ib = np.uint64(_mad32(_mad32(_mad32(p, height, y), width, mirrored if flip_b else x), 3, 0))
+    w0 = w1 = w2 = np.uint32(0)
+    for c in range(3):
+        fa = np.float32(0)
+        fb = np.float32(0)
+        if not from_b:
+            fa = _byte_value(np.uint32(src[ia + np.uint64(c)]), 0)
+        if kind == pm.KIND_MIXUP or from_b:
+            fb = _byte_value(np.uint32(src[ib + np.uint64(c)]), 0)
+        v = _value(kind, from_b, fa, fb, c, scale, bias, ka, kb)
+        if f32_out:
+            w = _f32_bits(v)
+        elif hw:
+            w = _cvt_half2(v, v, out_kind) & np.uint32(0xFFFF)
+        else:
+            w = _half2_soft(v, v, out_kind) & np.uint32(0xFFFF)
+        if c == 0:
+            w0 = w
+        elif c == 1:
+            w1 = w
+        else:
+            w2 = w
+    return w0, w1, w2
+
+
+_pixel = _subroutine(_pixel_words, _t.UniTuple(_t.uint32, 3))
+
+
+@_dev
+def _store3(out, b, s, plane, nchw, words):
+    """The three words of pixel ``s`` of sample ``b`` into the flat output (channel planes if ``nchw``)."""
+    if nchw:
+        o = _mad32(_mad32(b, 3, 0), plane, s)
+        out[o], out[_mad32(1, plane, o)], out[_mad32(2, plane, o)] = words
+    else:
+        o = np.uint64(_mad32(_mad32(b, plane, s), 3, 0))
+        out[o], out[o + np.uint64(1)], out[o + np.uint64(2)] = words
 
 
 def _make_generic_kernel(out_kind, nchw, only_kind, hw):
@@ -315,44 +355,32 @@ def _make_generic_kernel(out_kind, nchw, only_kind, hw):
 
     def mix_images(src, params, s0, s1, s2, o0, o1, o2, out, n, height, width, bps, bps_m, bps_sh, w_m, w_sh):
         """in: src uint8 (B*H*W*3,), the flat NHWC batch; params float32 (B, PARAM_FIELDS); value = x * s_c + o_c.
-        out: the flat output, float32 or uint16 holding float16/bfloat16 bits, of (B, 3, H, W) if NCHW else
-        (B, H, W, 3). A thread: pixel s = y * W + x of sample b. Closure constants as in the vec4 kernel.
+        out: the flat output as uint32 (float32 bits) or uint16 (float16/bfloat16 bits), of (B, 3, H, W) if NCHW
+        else (B, H, W, 3). A thread: pixels s, s + T, s + 2T, s + 3T (s = y * W + x, T = blockDim.x) of sample
+        b, each with byte loads and scalar stores. Closure constants as in the vec4 kernel.
         """
         if digest < 0:
             return
         b, s = _block_item(bps, bps_m, bps_sh)
+        t = np.uint32(cuda.blockDim.x)
+        s = _mad32(s - np.uint32(cuda.threadIdx.x), 3, s)  # block k covers items [(k % bps) * 4T, ...)
         plane = np.uint32(height * width)
         if s >= plane:
             return
-        y = _udiv(s, w_m, w_sh)
-        x = np.uint32(s - y * width)
         p, kind, flip_a, flip_b, box, scale, bias, ka, kb = _sample(params, b, n, only_kind, (s0, s1, s2),
                                                                     (o0, o1, o2))
-        from_b = kind == pm.KIND_CUTMIX and _in_box(np.int32(y), np.int32(x), box[0], box[1], box[2], box[3])
-        mirrored = width - np.uint32(1) - x
-        ia = _mad32(_mad32(_mad32(b, height, y), width, mirrored if flip_a else x), 3, 0)
-        ib = _mad32(_mad32(_mad32(p, height, y), width, mirrored if flip_b else x), 3, 0)
-        if nchw:
-            o = _mad32(_mad32(b, 3, 0), plane, s)
-            step = plane
-        else:
-            o = _mad32(_mad32(b, plane, s), 3, 0)
-            step = np.uint32(1)
-        for c in range(3):
-            fa = np.float32(0)
-            fb = np.float32(0)
-            if not from_b:
-                fa = _byte_value(np.uint32(src[np.uint64(ia) + np.uint64(c)]), 0)
-            if kind == pm.KIND_MIXUP or from_b:
-                fb = _byte_value(np.uint32(src[np.uint64(ib) + np.uint64(c)]), 0)
-            v = _value(kind, from_b, fa, fb, c, scale, bias, ka, kb)
-            i = _mad32(c, step, o)
-            if f32_out:
-                out[i] = v
-            elif hw:
-                out[i] = np.uint16(_cvt_half2(v, v, out_kind) & np.uint32(0xFFFF))
-            else:
-                out[i] = np.uint16(_half2_soft(v, v, out_kind) & np.uint32(0xFFFF))
+        ctx = (src, b, p, kind, flip_a, flip_b, box, scale, bias, ka, kb, (height, width, w_m, w_sh),
+               (f32_out, hw, out_kind))
+        _store3(out, b, s, plane, nchw, _pixel(s, ctx))
+        s = np.uint32(s + t)
+        if s < plane:
+            _store3(out, b, s, plane, nchw, _pixel(s, ctx))
+        s = np.uint32(s + t)
+        if s < plane:
+            _store3(out, b, s, plane, nchw, _pixel(s, ctx))
+        s = np.uint32(s + t)
+        if s < plane:
+            _store3(out, b, s, plane, nchw, _pixel(s, ctx))
 
     return mix_images
 
@@ -393,7 +421,7 @@ def image_kernel_name(out_kind, nchw, vec):
 def _image_entry(out_kind, nchw, vec):
     make = _make_vec4_kernel if vec else _make_generic_kernel
     src = _t.uint32[::1] if vec else _t.uint8[::1]
-    out = _t.uint64[::1] if vec else (_f32[::1] if out_kind == pm.OUT_F32 else _t.uint16[::1])
+    out = _t.uint64[::1] if vec else (_t.uint32[::1] if out_kind == pm.OUT_F32 else _t.uint16[::1])
     sig = (src, _f32[:, ::1], *(_f32,) * 6, out, *(_u32t,) * 8)
     return (lambda hw, only_kind: make(out_kind, nchw, only_kind, hw)), sig
 
@@ -493,19 +521,22 @@ def _magic(d):
 
 class Geometry(NamedTuple):
     """A launch of the image kernel: ``blocks`` x ``threads`` (1-D), ``items`` per sample (4-pixel groups for
-    vec4, pixels for generic), and the kernel's trailing uint32 arguments (n, height, items per row, blocks
-    per sample and the multiply-shift constants dividing by it and by the items per row)."""
+    vec4, pixels for generic), ``per_thread`` items per thread (1 group, or 4 pixels a block apart), and the
+    kernel's trailing uint32 arguments (n, height, items per row, blocks per sample and the multiply-shift
+    constants dividing by it and by the items per row)."""
 
     blocks: int
     threads: int
     items: int
+    per_thread: int
     args: tuple
 
 
 def launch_geometry(n, height, width, vec, threads=THREADS):
-    """The 1-D launch of the image kernel for a (n, height, width, 3) batch; ``vec``: 4 pixels per thread.
+    """The 1-D launch of the image kernel for a (n, height, width, 3) batch; ``vec``: the vec4 kernels.
 
-    Each block covers ``threads`` consecutive items of ONE sample: blocks per sample = ceil(items / threads),
+    Each thread writes 4 pixels (vec4: one group of 4 consecutive pixels; generic: 4 pixels ``threads`` apart),
+    each block ``threads * per_thread`` consecutive items of ONE sample: blocks per sample = ceil(items / that),
     blocks = n * that (at most 2**31 - 1, the grid's x limit; no 65,535 limit on height or batch). Raises
     ValueError when a tensor would have 2**32 elements or more (the kernels use 32-bit offsets).
     """
@@ -519,12 +550,13 @@ def launch_geometry(n, height, width, vec, threads=THREADS):
                          f"use 32-bit offsets (fewer than 2**32 elements): split the batch")
     row = width // VEC if vec else width
     items = height * row
-    per_sample = -(-items // threads)
+    per_thread = 1 if vec else VEC
+    per_sample = -(-items // (threads * per_thread))
     blocks = n * per_sample
     if blocks > _MAX_BLOCKS:  # unreachable below 2**32 elements, kept as the grid's own limit
         raise ValueError(f"{blocks} blocks exceed the grid limit {_MAX_BLOCKS}")
     args = (n, height, row, per_sample, *_magic(per_sample), *_magic(row))
-    return Geometry(blocks, threads, items, tuple(np.uint32(v) for v in args))
+    return Geometry(blocks, threads, items, per_thread, tuple(np.uint32(v) for v in args))
 
 
 def _address(arr):
@@ -561,8 +593,8 @@ def launch_mix_images(src, params, scale, bias, out, nchw, out_kind, stream=0, t
     if vec:
         flat_src = flat_src.view(np.uint32)
         flat_out = flat_out.view(np.uint64)
-    elif out_kind != pm.OUT_F32:
-        flat_out = flat_out.view(np.uint16)
+    else:
+        flat_out = flat_out.view(np.uint32 if out_kind == pm.OUT_F32 else np.uint16)
     s = [np.float32(v) for v in scale]
     o = [np.float32(v) for v in bias]
     kernel(image_kernel_name(out_kind, nchw, vec))[geo.blocks, geo.threads, stream](

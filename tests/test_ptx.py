@@ -51,10 +51,10 @@ def test_kernel_closures_key_numba_cache_to_the_sources():
 
 
 def _decode(geo, block, thread):
-    """The (sample, item) a thread covers, as the kernel computes it (host mirror of _block_item)."""
+    """The (sample, first item) of a thread, as the kernel computes it (host mirror of _block_item)."""
     n, height, row, per_sample, bm, bs, _, _ = (int(a) for a in geo.args)
     b = (block * bm) >> bs
-    return b, (block - b * per_sample) * geo.threads + thread
+    return b, (block - b * per_sample) * geo.threads * geo.per_thread + thread
 
 
 @pytest.mark.parametrize("n,h,w,vec", [(70000, 1, 4, True), (3, 70001, 1, False), (2, 70001, 8, True),
@@ -63,13 +63,13 @@ def test_launch_geometry_has_no_65535_limit_and_covers_each_item_once(n, h, w, v
     geo = kcuda.launch_geometry(n, h, w, vec)
     row = w // 4 if vec else w
     assert geo.items == h * row
-    assert geo.blocks <= 2**31 - 1 and geo.blocks == n * -(-geo.items // geo.threads)  # one 1-D grid
+    assert geo.blocks <= 2**31 - 1 and geo.blocks == n * -(-geo.items // (geo.threads * geo.per_thread))
     # first, last and sample-boundary blocks map to the right (sample, item)
     per_sample = int(geo.args[3])
     for block in {0, 1, per_sample - 1, per_sample, geo.blocks // 2, geo.blocks - 2, geo.blocks - 1}:
         for thread in (0, geo.threads - 1):
             b, s = _decode(geo, block, thread)
-            assert b == block // per_sample and s == (block % per_sample) * geo.threads + thread
+            assert b == block // per_sample and s == (block % per_sample) * geo.threads * geo.per_thread + thread
     # the item -> (row, column) division too
     rm, rs = int(geo.args[6]), int(geo.args[7])
     for s in {0, row - 1, row, geo.items - 1, geo.items // 3}:
