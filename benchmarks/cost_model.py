@@ -380,9 +380,10 @@ def table(reports: List[Report], n: int, h: int, w: int) -> str:
         spills = res["spill_stores"] + res["spill_loads"]
         for kind in r.paths:
             label = "any (launched)" if kind == "any" else kind
-            lines.append(f"| {r.kernel} | {label} | {res['registers']} | {spills} | "
-                         f"{r.per_pixel(kind):.1f} | {r.issue_s(kind) * 1e6:.1f} | {r.floor_s * 1e6:.1f} | "
-                         f"{r.floor_partner_s * 1e6:.1f} | {r.issue_s(kind) / r.floor_s:.2f} | {r.roofline(kind):.0%} |")
+            issue = r.issue_s(kind)
+            lines.append(f"| {r.kernel} | {label} | {res['registers']} | {spills} | {r.per_pixel(kind):.1f} | "
+                         f"{issue * 1e6:.1f} | {r.floor_s * 1e6:.1f} | {r.floor_partner_s * 1e6:.1f} | "
+                         f"{issue / r.floor_s:.2f} | {r.roofline(kind):.0%} |")
     return "\n".join(lines)
 
 

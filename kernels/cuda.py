@@ -1,28 +1,32 @@
 """CUDA kernels (numba.cuda): the fused image kernel and the soft-label kernel.
 
 The per-element math is ``pixel_math``, the same source the CPU twin compiles; on the GPU its primitives are
-replaced by exact hardware equivalents (explicitly rounded multiply/add, so NVVM cannot contract ``a*b + c``
-into an FMA that rounds once; the ``cvt.rn.{f16,bf16}x2.f32`` conversion on sm_80 and newer). The same Python
-functions run on a GPU, under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, CPU CI, with the plain
-primitives) and through ``numba.cuda.compile_ptx`` (CI compiles every kernel for sm_80 and sm_90, no GPU).
+exact hardware equivalents (explicitly rounded multiply/add, so neither NVVM nor ptxas can contract ``a*b + c``
+into an FMA that rounds once; register bit casts; the byte permute), and from sm_80 on the float32 ->
+float16/bfloat16 rounding is the ``cvt.rn.{f16,bf16}x2.f32`` instruction: the GPU is bit-identical to the oracle.
+The same Python functions run on a GPU, under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, CPU CI, with
+the plain primitives) and through ``numba.cuda.compile_ptx`` (CI compiles every kernel for sm_80 and sm_90).
 
 The image kernel comes in variants, chosen at launch: output dtype (float32 / float16 / bfloat16) x layout
-(NCHW / NHWC) x access width. The ``vec4`` variants (width a multiple of 4, aligned buffers) give each thread
-4 consecutive pixels of a row: three 32-bit loads per source (12 bytes = 4 RGB pixels; a mirrored sample reads
-the mirrored group and permutes its bytes), 64-bit stores. The ``generic`` variants (any width) give each thread
-one pixel, byte loads and scalar stores. Both share the per-pixel code below.
+(NCHW / NHWC) x access. ``vec4`` (width a multiple of 4, 4-byte-aligned input, 8-byte-aligned output): a thread
+writes 4 consecutive pixels of a row from three 32-bit loads per source (12 bytes = 4 RGB pixels; a mirrored
+sample reads the mirrored group and reverses it with byte permutes) with 64-bit stores. ``generic`` (any width
+or alignment): a thread writes 4 pixels a block apart, with byte loads and scalar stores. Both share
+``_sample`` and ``_value``; ``benchmarks/cost_model.py`` estimates their cost from the sm_90 machine code.
 
-Launch geometry (``launch_geometry``): a 1-D grid; each block covers ``threads`` consecutive groups of ONE
-sample (so the sample's parameters are uniform over the block and read by each thread once), so there is no
-65,535 limit on the height or the batch. Offsets are flat unsigned 32-bit (validated: every tensor has fewer
-than 2**32 elements), divisions by run-time sizes are multiply-shifts with host-computed constants. Kernels
-bounds-check instead of raising: an out-of-range partner index or label writes NaN, never reads out of bounds.
+Launch geometry (``launch_geometry``): a 1-D grid; each block covers consecutive items of ONE sample (so the
+sample's parameters are uniform over the block and each thread reads them once): no 65,535 limit on the height
+or the batch. Offsets are flat unsigned 32-bit (validated: every tensor has fewer than 2**32 elements),
+divisions by run-time sizes are multiply-shifts with host-computed constants. Kernels bounds-check instead of
+raising: an out-of-range partner index or label writes NaN, never reads out of bounds.
 
-Compilation: eager, for explicit signatures, per device (``kernel``, ``precompile``), with numba-cuda's on-disk
-cache (``cache=True``); the kernels close over a digest of this package's kernel sources, so editing the shared
-math invalidates the cache even though numba only checks this file's time stamp.
+Compilation: eager, for explicit signatures, per compute capability (``kernel``; ``precompile`` ahead of the
+first batch), with numba-cuda's on-disk cache (``cache=True``); each kernel closes over a digest of this file
+and ``pixel_math.py``, part of numba's cache key, so editing the shared math is a cache miss even though numba
+checks only the kernel's own file stamp.
 """
 
+import contextlib
 import functools
 import hashlib
 import threading
@@ -483,26 +487,26 @@ def precompile(out_kind=None, nchw=None, width=None, device=None):
 
     Contract: idempotent and thread-safe, so a loader may call it from a background thread when it is built
     (while DALI warms up); a launch that needs a kernel still being compiled waits for that compilation (each
-    kernel is compiled once per process and compute capability). It launches nothing and allocates no device
-    memory; it makes ``device``'s primary context current in the calling thread (the one torch uses).
+    kernel is compiled once per process and compute capability), and an error (no driver, no CUDA) is raised to
+    the caller (a background thread should keep it and let the first batch's own compile report it). It
+    launches nothing and allocates no device memory; it makes ``device``'s primary context (the one torch uses)
+    current in the calling thread. From a background thread pass ``device``: a new thread has no current
+    device, and numba would take device 0.
 
     in:  out_kind: ``pixel_math.OUT_*`` of the images, or None for all three; nchw: the layout, or None for
-         both; width: the image width the loader produces (a multiple of 4 selects the vec4 kernels, others
-         the generic ones; None: both); device: CUDA device index (None: the current device).
+         both; width: the image width the loader produces (a multiple of 4 selects the vec4 kernel, others the
+         generic one; None: both); device: CUDA device index (None: the calling thread's current device).
     out: the names of the kernels now ready (the soft-label kernel included).
     """
+    if out_kind is not None and out_kind not in _OUT_NAMES:
+        raise ValueError(f"out_kind must be one of {sorted(_OUT_NAMES)} (pixel_math.OUT_*) or None, got {out_kind!r}")
     kinds = list(_OUT_NAMES) if out_kind is None else [out_kind]
     layouts = [True, False] if nchw is None else [bool(nchw)]
     access = [True, False] if width is None else [int(width) % VEC == 0]
-    names = [image_kernel_name(k, lay, vec) for k in kinds for lay in layouts for vec in access]
-    names.append("soft_targets")
-    if device is None:
+    names = [image_kernel_name(k, lay, vec) for k in kinds for lay in layouts for vec in access] + ["soft_targets"]
+    with cuda.gpus[int(device)] if device is not None else contextlib.nullcontext():
         for name in names:
             kernel(name)
-    else:
-        with cuda.gpus[int(device)]:
-            for name in names:
-                kernel(name)
     return tuple(names)
 
 

@@ -37,7 +37,8 @@ OUT_BF16 = 2
 # (what the CPU twin and the CUDA simulator run); a target may supply its own implementation of the same
 # operation through ``for_target(..., primitives=...)``, which must give the same bits for every input. The GPU
 # supplies explicitly rounded multiply/add (so NVVM cannot contract ``a*b + c`` into one FMA, which rounds once
-# instead of twice) and the hardware float32 -> float16/bfloat16 conversion.
+# instead of twice), register bit casts and its byte-permute instruction; from sm_80 on, its kernels convert to
+# float16/bfloat16 with the hardware instruction, which rounds as ``half2_bits`` does.
 
 
 def mul_rn(a, b):
@@ -215,10 +216,10 @@ def soft_target(c, ya, yb, lam, off, on):
     return add_rn(mul_rn(ta, lam), mul_rn(tb, sub_rn(np.float32(1.0), lam)))
 
 
-PRIMITIVES = ("mul_rn", "add_rn", "sub_rn", "f32_bits", "bits_f32", "byte_perm", "half2_bits")
-_SHARED = PRIMITIVES + ("byte_value", "mix_weights", "mix_floats", "mix_value", "norm_float", "copy_value",
-                        "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits", "f32_bits_to_bf16_bits",
-                        "half_bits", "soft_target")
+PRIMITIVES = ("mul_rn", "add_rn", "sub_rn", "f32_bits", "bits_f32", "byte_perm")
+_SHARED = PRIMITIVES + ("half2_bits", "byte_value", "mix_weights", "mix_floats", "mix_value", "norm_float",
+                        "copy_value", "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits",
+                        "f32_bits_to_bf16_bits", "half_bits", "soft_target")
 
 
 def for_target(decorator, primitives=None):

@@ -153,3 +153,6 @@ def test_precompile_is_idempotent_and_thread_safe():
         t.join()
     assert len(got) == 4 and all(k is got[0] for k in got)
     assert len(kcuda.precompile()) == len(kcuda.KERNELS)
+    assert kcuda.precompile(pm.OUT_BF16, False, 8, device=0) == ("mix_images_bf16_nhwc_vec4", "soft_targets")
+    with pytest.raises(ValueError, match="out_kind"):
+        kcuda.precompile(out_kind=7)
