@@ -588,6 +588,8 @@ def launch_mix_images(src, params, scale, bias, out, nchw, out_kind, stream=0, t
     want = (n, 3, height, width) if nchw else (n, height, width, 3)
     if channels != 3 or tuple(out.shape) != want:
         raise ValueError(f"src must be (B, H, W, 3) and out {want}, got {tuple(src.shape)} and {tuple(out.shape)}")
+    if tuple(params.shape) != (n, pm.PARAM_FIELDS):
+        raise ValueError(f"params must be ({n}, {pm.PARAM_FIELDS}) (MixParams.pack), got {tuple(params.shape)}")
     if access not in ("auto", "vec4", "generic"):
         raise ValueError(f"access must be 'auto', 'vec4' or 'generic', got {access!r}")
     vec = use_vec4(width, _address(src), _address(out)) if access == "auto" else access == "vec4"
