@@ -33,24 +33,101 @@ OUT_F16 = 1
 OUT_BF16 = 2
 
 
+# Primitives: the exact float32 operations the shared math is written with. Each is the plain operation here
+# (what the CPU twin and the CUDA simulator run); a target may supply its own implementation of the same
+# operation through ``for_target(..., primitives=...)``, which must give the same bits for every input. The GPU
+# supplies explicitly rounded multiply/add (so NVVM cannot contract ``a*b + c`` into one FMA, which rounds once
+# instead of twice), register bit casts and its byte-permute instruction; from sm_80 on, its kernels convert to
+# float16/bfloat16 with the hardware instruction, which rounds as ``half2_bits`` does.
+
+
+def mul_rn(a, b):
+    """``a * b`` in float32, rounded to nearest even (never fused with a following add)."""
+    return a * b
+
+
+def add_rn(a, b):
+    """``a + b`` in float32, rounded to nearest even."""
+    return a + b
+
+
+def sub_rn(a, b):
+    """``a - b`` in float32, rounded to nearest even."""
+    return a - b
+
+
+def f32_bits(v):
+    """The IEEE bit pattern of float32 ``v``, as a uint32."""
+    return np.float32(v).view(np.uint32)
+
+
+def bits_f32(u):
+    """The float32 whose IEEE bit pattern is the uint32 ``u``."""
+    return np.uint32(u).view(np.float32)
+
+
+def half2_bits(lo, hi, out_kind):
+    """Two float32 values rounded to ``out_kind`` (OUT_F16 or OUT_BF16, nearest even), packed in a uint32:
+    ``lo``'s 16-bit pattern in bits 0-15, ``hi``'s in bits 16-31 (memory order of two consecutive elements)."""
+    if out_kind == OUT_BF16:
+        a = f32_bits_to_bf16_bits(np.int64(f32_bits(lo)))
+        b = f32_bits_to_bf16_bits(np.int64(f32_bits(hi)))
+    else:
+        a = f32_bits_to_f16_bits(np.int64(f32_bits(lo)))
+        b = f32_bits_to_f16_bits(np.int64(f32_bits(hi)))
+    return np.uint32(a | (b << 16))
+
+
+def byte_perm(x, y, s):
+    """CUDA's ``__byte_perm`` / PTX ``prmt.b32``: byte n of the uint32 result is byte ``(s >> 4n) & 7`` of the
+    8-byte value ``(y << 32) | x`` (x, y, s uint32; the selectors' sign-replicate bit is not used here)."""
+    v = (np.uint64(y) << np.uint64(32)) | np.uint64(x)
+    r = np.uint64(0)
+    for n in range(4):
+        sel = (np.uint64(s) >> np.uint64(4 * n)) & np.uint64(7)
+        r |= ((v >> (sel * np.uint64(8))) & np.uint64(0xFF)) << np.uint64(8 * n)
+    return np.uint32(r)
+
+
+def byte_value(word, k):
+    """Byte ``k`` (0 = least significant) of the uint32 ``word`` as an exact float32.
+
+    One byte permute builds the bit pattern of 2**23 + byte (the byte in the low mantissa bits, the exponent
+    byte 0x4B from the constant word), one subtraction of 2**23 leaves the byte: exact, and on the GPU two
+    full-rate instructions instead of an extract and an integer-to-float conversion (a quarter-rate one).
+    """
+    return sub_rn(bits_f32(byte_perm(np.uint32(0x4B000000), word, np.uint32(0x3104 + k))), np.float32(8388608.0))
+
+
 def mix_weights(lam, scale):
     """Per-channel weights of a mixup sample: ``(ka, kb) = (λ·s, (1 − λ)·s)``, float32.
 
     ``s = 1 / (255 std)`` (and ``bias = -mean / std``) fold the normalisation into the mix, so a mixed value is
     ``a·ka + (b·kb + bias)``; with λ = 1 this is exactly ``copy_value`` (ka = s, kb = 0).
     """
-    return lam * scale, (np.float32(1.0) - lam) * scale
+    return mul_rn(lam, scale), mul_rn(sub_rn(np.float32(1.0), lam), scale)
+
+
+def mix_floats(fa, fb, ka, kb, bias):
+    """``fa·ka + (fb·kb + bias)`` in float32, each operation rounded: the mixed, normalised value of one channel
+    whose sample and partner values ``fa``, ``fb`` are already float32 (exact byte values)."""
+    return add_rn(mul_rn(fa, ka), add_rn(mul_rn(fb, kb), bias))
 
 
 def mix_value(a, b, ka, kb, bias):
     """Mixed and normalised value of one channel: ``a·ka + (b·kb + bias)`` in float32 (see ``mix_weights``);
     ``a``/``b`` are the uint8 channel values of the sample and its partner."""
-    return np.float32(a) * ka + (np.float32(b) * kb + bias)
+    return mix_floats(np.float32(a), np.float32(b), ka, kb, bias)
+
+
+def norm_float(fa, scale, bias):
+    """``fa·scale + bias`` in float32, each operation rounded (``fa`` an exact byte value)."""
+    return add_rn(mul_rn(fa, scale), bias)
 
 
 def copy_value(a, scale, bias):
     """Normalised value of one channel read from a single source (no mixing, or inside a CutMix box)."""
-    return np.float32(a) * scale + bias
+    return norm_float(np.float32(a), scale, bias)
 
 
 def source_column(x, width, flip):
@@ -136,22 +213,33 @@ def soft_target(c, ya, yb, lam, off, on):
     tb = off
     if c == yb:
         tb = on
-    return ta * lam + tb * (np.float32(1.0) - lam)
+    return add_rn(mul_rn(ta, lam), mul_rn(tb, sub_rn(np.float32(1.0), lam)))
 
 
-_SHARED = ("mix_weights", "mix_value", "copy_value", "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits",
-           "f32_bits_to_bf16_bits", "half_bits", "soft_target")
+PRIMITIVES = ("mul_rn", "add_rn", "sub_rn", "f32_bits", "bits_f32", "byte_perm")
+_SHARED = PRIMITIVES + ("half2_bits", "byte_value", "mix_weights", "mix_floats", "mix_value", "norm_float",
+                        "copy_value", "source_column", "in_box", "f16_bits_normal", "f32_bits_to_f16_bits",
+                        "f32_bits_to_bf16_bits", "half_bits", "soft_target")
 
 
-def for_target(decorator):
+def for_target(decorator, primitives=None):
     """Compile every shared function with ``decorator`` (``numba.njit(...)`` or ``cuda.jit(device=True)``).
+
+    ``primitives``: optional {name: compiled function} replacing some of ``PRIMITIVES`` on this target by an
+    implementation of the same exact operation (e.g. the GPU's explicitly rounded multiply).
 
     Returns a namespace of compiled functions in which calls between shared functions also resolve to the
     compiled versions of the same target (each copy gets its own globals), so one source serves all targets.
     """
+    primitives = dict(primitives or {})
+    unknown = sorted(set(primitives) - set(PRIMITIVES))
+    if unknown:
+        raise ValueError(f"primitives: {unknown} are not among {PRIMITIVES}")
     scope = dict(globals())
-    compiled = {}
+    compiled = dict(primitives)
     for name in _SHARED:
+        if name in primitives:
+            continue
         fn = globals()[name]
         clone = types.FunctionType(fn.__code__, scope, name, fn.__defaults__, fn.__closure__)
         clone.__qualname__ = fn.__qualname__
