@@ -127,7 +127,7 @@ def evaluate(model, loader, device, channels_last, amp_dtype):
                 images = images.permute(0, 3, 1, 2)  # NHWC batch viewed as channels-last NCHW
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images)
-            labels = targets.to(device).argmax(1)
+            labels = targets.to(device)  # the eval loader gives class indices
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == labels).sum().item()
             correct5 += (top == labels[:, None]).any(1).sum().item()
