@@ -24,7 +24,7 @@ import numpy as np
 from .auto_augment import apply_auto_augment, parse_auto_augment
 
 __all__ = ["INTERPOLATIONS", "RE_MODES", "check_augment", "eval_resize_size", "needs_conditionals", "resize",
-           "train_augment"]
+           "resize_and_centre_crop", "train_augment"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 RE_MODES = ("const", "rand", "pixel")
@@ -113,12 +113,41 @@ def _interp_type(interpolation: str):
     return fn.cast(pick, dtype=types.DALIDataType.INTERP_TYPE)
 
 
-def resize(images, *, interpolation: str, size: Optional[int] = None, shorter: Optional[int] = None):
-    """in: uint8 HWC images of any size -> out: uint8 (size, size, 3), or the shorter side = ``shorter`` (aspect
-    kept); resampled with ``interpolation``, antialiased when shrinking (as torchvision's Resize)."""
+def resize(images, *, size: int, interpolation: str):
+    """in: uint8 HWC crops of any size -> out: uint8 (size, size, 3), resampled with ``interpolation``,
+    antialiased when shrinking (as torchvision's Resize)."""
     from nvidia.dali import fn
-    extent = dict(resize_x=size, resize_y=size) if size is not None else dict(resize_shorter=shorter)
-    return fn.resize(images, interp_type=_interp_type(interpolation), **extent)
+    return fn.resize(images, resize_x=size, resize_y=size, interp_type=_interp_type(interpolation))
+
+
+def _resized_side(side, other, shorter: int):
+    """torchvision's Resize(int) for one side: the shorter side -> ``shorter``, the longer -> floor(shorter *
+    long / short) (exact integer arithmetic). in/out: per-sample int32."""
+    from nvidia.dali import fn, types
+    longer = fn.cast(side > other, dtype=types.INT32)
+    return shorter + longer * ((side * shorter) // other - shorter)
+
+
+def _centre_offset(extent, size: int):
+    """torchvision's CenterCrop offset int(round((extent - size) / 2)), Python's round (half to even)."""
+    excess = extent - size
+    half = excess // 2
+    return half + (excess & 1) * (half & 1)
+
+
+def resize_and_centre_crop(images, encoded, *, size: int, shorter: int, interpolation: str):
+    """in: decoded uint8 HWC images and their encoded files -> out: uint8 (size, size, 3): the shorter side
+    resized to ``shorter`` and the longer as torchvision's (and timm's) Resize(int) sizes it, then the centre
+    crop with CenterCrop's rounding, so the pixels line up with theirs. The sizes come from the files' headers
+    (``peek_image_shape``, on the CPU), so the same graph serves GPU-decoded images."""
+    from nvidia.dali import fn, types
+    shape = fn.peek_image_shape(encoded, dtype=types.INT32)
+    height, width = shape[0], shape[1]
+    new_h, new_w = _resized_side(height, width, shorter), _resized_side(width, height, shorter)
+    images = fn.resize(images, resize_x=fn.cast(new_w, dtype=types.FLOAT), resize_y=fn.cast(new_h, dtype=types.FLOAT),
+                       interp_type=_interp_type(interpolation))
+    start = fn.cast(fn.stack(_centre_offset(new_h, size), _centre_offset(new_w, size)), dtype=types.INT32)
+    return fn.slice(images, start=start, shape=[size, size], axis_names="HW")
 
 
 def train_augment(images, *, size: int, augment: dict, mean: Sequence[float], std: Sequence[float]):

@@ -119,9 +119,8 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
             images = aug.train_augment(images, size=image_size, augment=augment, mean=mean, std=std)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **hints)
-            images = aug.resize(images, shorter=aug.eval_resize_size(image_size, crop_pct, val_resize_size),
-                                interpolation=interpolation)
-            images = fn.crop(images, crop=(image_size, image_size))
+            images = aug.resize_and_centre_crop(images, encoded, size=image_size, interpolation=interpolation,
+                                                shorter=aug.eval_resize_size(image_size, crop_pct, val_resize_size))
             flip = fn.random.coin_flip(probability=0.0, dtype=types.BOOL)
         labels = fn.cast(labels, dtype=types.INT64)
         if backend == "fused":
