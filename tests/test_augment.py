@@ -340,3 +340,16 @@ def test_defaults_are_timm_s_and_torchvision_s():
                                                     -math.log(timm_re["min_aspect"].default)))
     assert np.exp(augment._RE_LOG_ASPECT) == pytest.approx(tv_re["ratio"].default, rel=0.011)  # (0.3, 3.3)
     assert T.RandAugment().num_ops == 2 and T.RandAugment().magnitude == 9  # what "ra" is
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("aug", AUGMENTATIONS, ids=lambda a: "-".join(f"{k}={v}" for k, v in a.items()))
+def test_each_augmentation_on_the_gpu(textured, aug):
+    """The same graph with GPU decoding: per-sample parameters on the CPU, the operators on the GPU."""
+    kw = dict(COMMON, device="gpu", image_size=32, hflip=0.0, seed=3, **RAW)
+    a = _first(create_dali_loader(textured, **kw, **aug), 2)
+    b = _first(create_dali_loader(textured, **kw, **aug), 2)
+    for (ai, at), (bi, bt) in zip(a, b):
+        assert ai.is_cuda and ai.shape == (8, 32, 32, 3)
+        assert ai.min() >= 0 and ai.max() <= 255 and torch.equal(ai, ai.round())
+        assert torch.equal(ai, bi) and torch.equal(at, bt)
