@@ -353,3 +353,14 @@ def test_each_augmentation_on_the_gpu(textured, aug):
         assert ai.is_cuda and ai.shape == (8, 32, 32, 3)
         assert ai.min() >= 0 and ai.max() <= 255 and torch.equal(ai, ai.round())
         assert torch.equal(ai, bi) and torch.equal(at, bt)
+
+
+def test_fused_and_dali_backends_agree_with_augmentations(textured):
+    """The augmentations sit before both mixing backends (DALI's own operators included), on the same crops."""
+    cfg = dm.MixupConfig(4, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem")
+    kw = dict(COMMON, image_size=32, seed=6, mixup=cfg, auto_augment="ra", color_jitter=0.3, re_prob=0.5)
+    fused = _first(create_dali_loader(textured, backend="fused", **kw), 2)
+    dali = _first(create_dali_loader(textured, backend="dali", **kw), 2)
+    for (fi, ft), (di, dt) in zip(fused, dali):
+        torch.testing.assert_close(ft, dt, rtol=0, atol=1e-6)
+        torch.testing.assert_close(fi, di, rtol=0, atol=2e-4)
