@@ -21,7 +21,7 @@ bilinear/bicubic choice and bicubic are bilinear here) and fill with one grey le
 0 for torchvision names, as torchvision; the mean of timm's per-channel mean colour, 115 for ImageNet, for timm
 names); equalize follows OpenCV's histogram formula (PIL's differs slightly); the horizontal flip is applied
 after these ops (by the fused kernel), not before, which for shears moves the origin to the other corner.
-timm's continuous magnitudes (``mstd``) are resolved to 0.1 (3 degrees of rotation is 1 level).
+timm's continuous magnitudes (``mstd``) are resolved to 0.1 of a level (0.3 degrees of rotation).
 """
 
 from __future__ import annotations
@@ -207,7 +207,6 @@ def _timm_augmentations(names: Sequence[str], size: int, magnitude_max: float, s
 
 def _timm_policy(spec: AutoAugmentSpec, size: int):
     """timm's AutoAugment policy (sub-policies read from timm) -> DALI Policy over integer levels 0..10."""
-    from nvidia.dali.auto_aug.core import Policy
     try:
         from timm.data.auto_augment import auto_augment_policy
     except ImportError as exc:
