@@ -1,10 +1,12 @@
 """dali-mixup: Mixup and CutMix fused into a GPU data pipeline (NVIDIA DALI) for PyTorch.
 
 Public API (see the README): ``MixupConfig``, ``sample_params`` -> ``MixParams``, ``mix_batch``,
-``mix_targets``, ``create_dali_loader``. Importing this package needs neither a GPU nor CUDA, DALI or CuPy; GPU modules are imported
+``mix_targets``, ``create_dali_loader`` (and ``from_timm_args`` / ``from_torchvision_args``, which build it from those
+scripts' arguments). Importing this package needs neither a GPU nor CUDA, DALI or CuPy; GPU modules are imported
 when first used.
 """
 
+from .compat import from_timm_args, from_torchvision_args
 from .config import IMAGENET_MEAN, IMAGENET_STD, MODES, PAIRINGS, MixupConfig
 from .loader import DaliMixupLoader, create_dali_loader
 from .mixing import mix_batch, mix_targets
@@ -19,6 +21,8 @@ __all__ = [
     "MixParams",
     "MixupConfig",
     "create_dali_loader",
+    "from_timm_args",
+    "from_torchvision_args",
     "mix_batch",
     "mix_targets",
     "sample_params",

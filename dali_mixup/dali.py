@@ -83,13 +83,14 @@ class _RunKey:
     DALI passes a ``BatchInfo``: ``iteration`` counts the runs (a reader-driven pipeline never ends an epoch
     for DALI's external sources, so it counts on across epochs), ``epoch_idx`` counts the epochs that a source
     ended. DALI saves both in its checkpoint and restores them, so a resumed pipeline continues the same keys.
-    With ``batches_per_epoch``, run k of a reader's pipeline is (epoch, step) = divmod(k, batches_per_epoch)."""
+    With ``batches_per_epoch``, run k of a reader's pipeline is (epoch, step) = divmod(k, batches_per_epoch);
+    ``first_epoch`` is added to the epoch (a pipeline built afresh for each epoch)."""
 
-    def __init__(self, batch_size: int, batches_per_epoch: Optional[int]):
-        self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
+    def __init__(self, batch_size: int, batches_per_epoch: Optional[int], first_epoch: int = 0):
+        self.batch_size, self.batches_per_epoch, self.first_epoch = batch_size, batches_per_epoch, first_epoch
 
     def __call__(self, info):
-        epoch, step = info.epoch_idx, info.iteration
+        epoch, step = self.first_epoch + info.epoch_idx, info.iteration
         if self.batches_per_epoch is not None:
             more, step = divmod(step, self.batches_per_epoch)
             epoch += more
@@ -209,7 +210,7 @@ def _check_node(name, node, devices):
 
 
 def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int = 0,
-        batches_per_epoch: Optional[int] = None, mean: Sequence[float] = IMAGENET_MEAN,
+        batches_per_epoch: Optional[int] = None, first_epoch: int = 0, mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD, out_dtype: Union[torch.dtype, str] = torch.float32,
         layout: str = "NCHW", enabled: Optional[Callable[[int], bool]] = None) -> Tuple[object, object]:
     """Mix, normalise, cast and lay out a batch inside a DALI pipeline; soft targets from the same λ.
@@ -227,6 +228,8 @@ def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int
         batches_per_epoch: pipeline runs per epoch (with a reader and ``pad_last_batch=True``:
             ceil(shard size / batch size)); run k then has the key (epoch, step) = divmod(k, batches_per_epoch).
             None: epoch 0, step k. Only needed to match keys with an epoch-counting loop (``mix_batch``'s).
+        first_epoch: the epoch of the pipeline's first run (build one pipeline per epoch with ``first_epoch=e``
+            and run e's keys are those of epoch e of one long-lived pipeline).
         mean, std: per-channel statistics, fractions of 255 (timm's convention).
         out_dtype: torch.float32, torch.float16 or torch.bfloat16 (or "float32", "float16", "bfloat16").
             DALI has no bfloat16: a bfloat16 output is an INT16 tensor holding its bits (in torch:
@@ -260,6 +263,7 @@ def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int
     seed, rank = _count("seed", seed, 0), _count("rank", rank, 0)
     if batches_per_epoch is not None:
         batches_per_epoch = _count("batches_per_epoch", batches_per_epoch, 1)
+    first_epoch = _count("first_epoch", first_epoch, 0)
     scale, bias = normalization_constants(*check_normalization(mean, std))
     _check_node("images", images, ("cpu", "gpu"))
     _check_node("labels", labels, ("cpu",))
@@ -267,7 +271,7 @@ def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int
         _check_node("flip", flip, ("cpu",))
     mixer = _Mixer(images.device, cfg.num_classes, scale, bias, cfg.off_on, layout == "NCHW", out_kind)
 
-    key = fn.external_source(source=_RunKey(pipe.max_batch_size, batches_per_epoch), batch=True,
+    key = fn.external_source(source=_RunKey(pipe.max_batch_size, batches_per_epoch, first_epoch), batch=True,
                              batch_info=True, dtype=types.INT64)
     table_inputs = [key, images.shape(), labels] + ([flip] if flip is not None else [])
     table = fn.python_function(*table_inputs, function=_ParamTable(cfg, seed, rank, enabled),

@@ -1,9 +1,10 @@
 """``create_dali_loader``: the drop-in replacement for an ImageNet DataLoader.
 
-DALI pipeline (decode, random-resized crop, flip flags) -> DALI's iterator (torch tensors on the training
-device) -> the fused kernel as the iterator's epilogue (mix + normalise + flip + cast + layout + soft targets,
-one kernel each; or, placement "graph", the same kernels inside the pipeline: ``dali.mix``) ->
-``(images, targets)``.
+DALI pipeline (decode, random-resized crop, augmentations, flip flags) -> DALI's iterator (torch tensors on the
+training device) -> the fused kernel as the iterator's epilogue (mix + normalise + flip + cast + layout + soft
+targets, one kernel each; or, placement "graph", the same kernels inside the pipeline: ``dali.mix``) ->
+``(images, targets)``. The loader also has the DataLoader surface training scripts
+touch (``sampler.set_epoch``, ``batch_sampler``, ``batch_size``, ``drop_last``, ``dataset``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import warnings
 from functools import partial
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from . import dali
+from .augment import check_augment
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch
@@ -28,12 +31,13 @@ from .params import sample_params
 from .dali import import_dali
 from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
 
-__all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES"]
+__all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES", "TARGETS"]
 
 BACKENDS = ("fused", "dali", "none")
 PLACEMENTS = ("epilogue", "graph")  # where the fused kernels run: after DALI's iterator, or inside the pipeline
 _PREFETCH_DEPTH = 2  # DALI's prefetch queue depth (build_pipeline's default)
 DEVICES = ("auto", "gpu", "cpu")
+TARGETS = ("soft", "index")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -135,19 +139,64 @@ class _InFlight:
             self._held.popleft()[0].synchronize()  # returns at once when the event has completed
 
 
+class EpochSampler:
+    """``loader.sampler``: the part of a DataLoader's sampler that training scripts call. ``set_epoch(epoch)``
+    sets the epoch of the loader's next pass (``DistributedSampler.set_epoch``'s meaning: the file order,
+    augmentations and mixing of a pass are a function of (seed, epoch, rank)); ``len()`` is the number of samples
+    this rank reads per epoch. The order itself is DALI's (its reader shuffles), so there are no indices to list."""
+
+    def __init__(self, loader: "DaliMixupLoader"):
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self._loader.epoch
+
+    def __len__(self) -> int:
+        return self._loader._shard_size()
+
+
+class BatchSampler:
+    """``loader.batch_sampler``: ``batch_size``, ``drop_last``, ``sampler`` and ``len()`` (batches per epoch)."""
+
+    def __init__(self, loader: "DaliMixupLoader"):
+        self._loader = loader
+        self.sampler = loader.sampler
+
+    @property
+    def batch_size(self) -> int:
+        return self._loader.batch_size
+
+    @property
+    def drop_last(self) -> bool:
+        return self._loader.drop_last
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+
 class DaliMixupLoader:
     """Iterator over ``(images, targets)``; one pass (``for ... in loader``) is one epoch.
 
     images: ``out_dtype`` (B, 3, S, S) (NCHW) or (B, S, S, 3), normalised, on the training device.
-    targets: float32 (B, num_classes) soft targets (one-hot, smoothed, mixed).
+    targets: ``targets="soft"``: float32 (B, num_classes) (one-hot, smoothed, mixed); ``"index"``: int64 (B,)
+    class indices, on the same device.
     Training yields full batches only, as many on every rank (those of the smallest shard, like
     ``drop_last=True``); evaluation yields every sample of the rank's shard once, the last batch partial, never an
     empty batch (ranks may then differ by one batch).
+    Each pass is a fresh DALI pipeline for its epoch: rank r reads shard (r + epoch) % num_shards (as one DALI
+    pipeline moves its reader on at each epoch), with file order, crops and augmentations seeded by (seed,
+    epoch, rank), so ``set_epoch(e)`` (or ``sampler.set_epoch(e)``) on a new loader reproduces epoch e of an
+    uninterrupted run.
     """
 
     def __init__(self, dataset: Dataset, *, batch_size, num_classes, train, image_size, mixup, backend, device,
                  num_threads, seed, shard_id, num_shards, out_dtype, layout, mean, std, device_id,
-                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, placement="epilogue"):
+                 scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, augment: Optional[dict] = None,
+                 targets: str = "soft", placement: str = "epilogue"):
         self.dataset = dataset
         self.placement = placement
         self.batch_size, self.num_classes, self.train, self.image_size = batch_size, num_classes, train, image_size
@@ -156,7 +205,8 @@ class DaliMixupLoader:
         self.shard_id, self.num_shards = shard_id, num_shards
         self.out_dtype, self.layout, self.mean, self.std = out_dtype, layout, tuple(mean), tuple(std)
         self.device_id = device_id
-        self.augment = dict(scale=tuple(scale), ratio=tuple(ratio), hflip=float(hflip))
+        self.augment = dict(scale=tuple(scale), ratio=tuple(ratio), hflip=float(hflip), **(augment or {}))
+        self.targets = targets
         self.device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
         self.mixup_enabled = mixup is not None and train
         #: optional callable(epoch) -> bool, consulted at every batch (e.g. ``lambda e: e < off_epoch``)
@@ -167,8 +217,23 @@ class DaliMixupLoader:
         self._in_flight = _InFlight(_PREFETCH_DEPTH + 2, self.device) if self.device.type == "cuda" else None
         self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
                                    label_smoothing=mixup.label_smoothing if mixup is not None else 0.0)
+        self.sampler = EpochSampler(self)
+        self.batch_sampler = BatchSampler(self)
         self._check_fits()
         self._build()
+
+    @property
+    def drop_last(self) -> bool:
+        """Training drops each rank's last partial batch, evaluation keeps it (DataLoader's ``drop_last``)."""
+        return self.train
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (a pass under way that is another epoch's is abandoned; the same
+        epoch's continues, so a loader restored mid-epoch by ``load_state_dict`` keeps its place)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        if epoch != self.epoch:
+            self.epoch, self.step, self._in_epoch = epoch, 0, False
 
     # -- construction -----------------------------------------------------------------------------------------
     def _check_fits(self):
@@ -199,35 +264,45 @@ class DaliMixupLoader:
             return (len(self.dataset) // self.num_shards) // self.batch_size
         return -(-self._shard_size(epoch) // self.batch_size)
 
-    def _build(self, checkpoint: Optional[str] = None, position: int = 0):
+    def _epoch_seed(self) -> int:
+        """The DALI seed of this epoch's pipeline (file order, crops, augmentations): a function of (seed, epoch)
+        (the rank is mixed in by ``pipeline_seed``). Evaluation has nothing random: the seed itself."""
+        if not self.train:
+            return self.seed
+        return int(np.random.SeedSequence((self.seed, self.epoch)).generate_state(1)[0] >> 2)
+
+    def _build(self, checkpoint: Optional[str] = None):
+        """A fresh pipeline for ``self.epoch`` at ``self.step`` (continuing ``checkpoint``, a DALI checkpoint of
+        this epoch's pipeline, when given; else from the epoch's start)."""
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         if getattr(self, "_in_flight", None) is not None:
             self._in_flight.clear()  # the old pipeline's buffers: let its queued readers finish first
+        self._iter = self._pipe = None  # let the old pipeline go before the new one takes its memory
 
         self._source = None
+        self._built_for, self._started = self.epoch, False
         if self.backend == "dali":
             runs = self._runs_per_epoch()
             self._source = MixParamSource(self.mixup if self.mixup is not None else self._no_mix, self.batch_size,
                                           self.image_size, self.seed, self.shard_id, runs)
-            self._source.position = position
+            self._source.position = self.epoch * runs + self.step
             self._source.enabled = self._mixing_on
         with warnings.catch_warnings():
             # MixParamSource's position is restored by hand on resume (DALI warns it cannot do that itself)
             warnings.filterwarnings("ignore", message="Checkpointing enabled in a pipeline with external source")
             self._pipe = build_pipeline(
                 self.dataset, batch_size=self.batch_size, train=self.train, image_size=self.image_size,
-                device=self.device_kind, num_threads=self.num_threads, seed=self.seed, shard_id=self.shard_id,
-                num_shards=self.num_shards, device_id=self.device_id, backend=self.backend,
+                device=self.device_kind, num_threads=self.num_threads, seed=self._epoch_seed(),
+                shard_id=(self.shard_id + self.epoch) % self.num_shards, num_shards=self.num_shards, device_id=self.device_id, backend=self.backend,
                 prefetch_queue_depth=_PREFETCH_DEPTH,
                 mix_source=self._source, num_classes=self.num_classes,
                 label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
                 out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint,
                 mix_step=self._mix_step(), **self.augment)
             outputs = ["images", "labels", "targets" if self._mixed_in_graph else "flip"]
-            # PARTIAL for training too: the loader stops after len(self) full batches and drains the rest of the
-            # epoch (DROP leaves a padded batch behind when the smallest shard divides by the batch size, and the
-            # next epoch starts with it)
+            # PARTIAL for training too: the loader stops after len(self) full batches and drops the pipeline
+            # (DROP would yield the full batches of this rank's shard, one more than a smaller shard's ranks get)
             self._iter = DALIGenericIterator([self._pipe], outputs, reader_name="Reader",
                                              last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False,
                                              prepare_first_batch=False)
@@ -241,12 +316,13 @@ class DaliMixupLoader:
         return self.backend != "fused" or self.placement == "graph"
 
     def _mix_step(self) -> Optional[Callable]:
-        """Placement "graph": ``dali.mix`` bound to this loader's options; its key (epoch, step) is the pipeline's
-        run count split by ``_runs_per_epoch`` (the epilogue's key), and its position is in DALI's checkpoint."""
+        """Placement "graph": ``dali.mix`` bound to this loader's options; its key (epoch, step) is this epoch's
+        and the pipeline's run count (the epilogue's key), and its position is in DALI's checkpoint."""
         if self.backend != "fused" or self.placement != "graph":
             return None
         return partial(dali.mix, cfg=self.mixup if self.mixup is not None else self._no_mix, seed=self.seed,
-                       rank=self.shard_id, batches_per_epoch=self._runs_per_epoch(), mean=self.mean, std=self.std,
+                       rank=self.shard_id, batches_per_epoch=self._runs_per_epoch(), first_epoch=self.epoch,
+                       mean=self.mean, std=self.std,
                        out_dtype=self.out_dtype, layout=self.layout, enabled=self._mixing_on)
 
     # -- mixing switch ----------------------------------------------------------------------------------------
@@ -262,12 +338,13 @@ class DaliMixupLoader:
     def __iter__(self):
         if self._in_epoch:
             return self  # resumed (or interrupted) mid-epoch: continue it
-        if self.step or self.epoch:
-            self._iter.reset()
+        if self._started or self._built_for != self.epoch:
+            self._build()
         self._in_epoch = True
         return self
 
     def __next__(self):
+        self._started = True
         try:
             batch = self._next_batch()
         except StopIteration:
@@ -283,8 +360,6 @@ class DaliMixupLoader:
                 images = images.view(torch.bfloat16)
             images = images.to(self.device, self.out_dtype, non_blocking=True)
             targets = batch["targets"].to(self.device, torch.float32, non_blocking=True)
-            if self._in_flight is not None:  # may be DALI's own memory, now the caller's: see _InFlight
-                self._in_flight.hold(tuple(batch.values()), read_by_queued_work=False)
         else:
             images_u8, labels, flip = batch["images"], batch["labels"], batch["flip"]
             n, h, w, _ = images_u8.shape
@@ -294,17 +369,20 @@ class DaliMixupLoader:
             images, targets = mix_batch(images_u8, labels, cfg, params,
                                         mean=self.mean, std=self.std, out_dtype=self.out_dtype, layout=self.layout,
                                         flip=flip.cpu().numpy(), check_labels=False)
-            if self._in_flight is not None:  # the kernels just queued read DALI's memory: see _InFlight
-                self._in_flight.hold(tuple(batch.values()), read_by_queued_work=True)
+        if self.targets == "index":  # a copy: the caller's to keep, whatever DALI does with its own buffer
+            targets = batch["labels"].to(self.device, torch.int64, non_blocking=True, copy=True)
+        if self._in_flight is not None:
+            # graph/other backends: the outputs may be DALI's own memory, now the caller's; epilogue: the kernels
+            # just queued read DALI's memory. See _InFlight.
+            self._in_flight.hold(tuple(batch.values()), read_by_queued_work=not self._mixed_in_graph)
         self.step += 1
         return images, targets
 
     def _next_batch(self) -> dict:
-        """DALI's next batch of this epoch; StopIteration after ``len(self)`` batches, once the rest of DALI's
-        epoch (padding, an empty or a partial batch) is drained so that nothing leaks into the next epoch."""
+        """DALI's next batch of this epoch; StopIteration after ``len(self)`` batches (what is left of DALI's
+        epoch, padding or a larger shard's extra batch, goes with the pipeline: the next pass builds its own)."""
         if self.step >= len(self):
-            while True:
-                next(self._iter)  # raises StopIteration at the end of DALI's epoch
+            raise StopIteration
         return next(self._iter)[0]
 
     def _explain(self, exc: RuntimeError) -> Exception:
@@ -328,6 +406,7 @@ class DaliMixupLoader:
             "train": self.train, "image_size": self.image_size, "batch_size": self.batch_size, "seed": self.seed,
             "shard_id": self.shard_id, "num_shards": self.num_shards, "backend": self.backend,
             "placement": self.placement, "device": self.device_kind, "mixup": mixup, "augment": self.augment,
+            "targets": self.targets,
         })
 
     def state_dict(self) -> dict:
@@ -358,13 +437,17 @@ class DaliMixupLoader:
                                  f"loader has {current.get(key)!r}")
         epoch = _integer("state_dict['epoch']", state["epoch"], 0)
         step = _integer("state_dict['step']", state["step"], 0, self._batches(epoch))
-        try:
-            self._build(checkpoint=state["dali"], position=epoch * self._runs_per_epoch() + step)
+        in_epoch = bool(state["in_epoch"])
+        before = self.epoch, self.step, self.mixup_enabled, self._in_epoch
+        self.epoch, self.step, self.mixup_enabled = epoch, step, bool(state["mixup_enabled"])
+        try:  # mid-epoch: that epoch's pipeline where it was; between epochs: the next epoch's, fresh
+            self._build(checkpoint=state["dali"] if in_epoch else None)
         except RuntimeError as exc:
+            self.epoch, self.step, self.mixup_enabled, self._in_epoch = before
+            self._build()
             raise ValueError(f"state_dict['dali'] cannot be restored as this pipeline's DALI checkpoint: "
                              f"{exc}") from exc
-        self.epoch, self.step, self.mixup_enabled = epoch, step, bool(state["mixup_enabled"])
-        self._in_epoch = bool(state["in_epoch"])
+        self._in_epoch = in_epoch
 
 
 def _cuda_device_id(device_id: Optional[int]) -> int:
@@ -390,26 +473,45 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                        train: bool = True, image_size: int = 224, mixup: Optional[MixupConfig] = None,
                        backend: str = "fused", device: str = "auto", num_threads: int = 4, seed: int = 0,
                        shard_id: Optional[int] = None, num_shards: Optional[int] = None,
-                       out_dtype: torch.dtype = torch.float16, layout: str = "NCHW",
+                       out_dtype: torch.dtype = torch.float32, layout: str = "NCHW",
                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                        device_id: Optional[int] = None, skip_corrupt: bool = False,
                        scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                       hflip: float = 0.5, placement: str = "epilogue") -> DaliMixupLoader:
+                       hflip: float = 0.5, targets: Optional[str] = None, interpolation: str = "bilinear",
+                       color_jitter: Union[None, float, Sequence[float]] = None, auto_augment: Optional[str] = None,
+                       re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1, crop_pct: float = 0.875,
+                       val_resize_size: Optional[int] = None, placement: str = "epilogue") -> DaliMixupLoader:
     """A DALI loader of ``(images, targets)`` with Mixup/CutMix fused in (see the README).
 
     Args:
         data: an ImageFolder directory, a file list (``path label`` lines) or WebDataset shards.
         batch_size, num_classes, image_size: >= 1.
-        train: random-resized crop (scale (0.08, 1), ratio (3/4, 4/3)) + flip + shuffling + mixing, last partial
-            batch dropped; False: resize to image_size / 0.875, centre crop, no mixing, every sample once.
+        train: random-resized crop (scale (0.08, 1), ratio (3/4, 4/3)) + the augmentations below + flip +
+            shuffling + mixing, last partial batch dropped; False: resize the shorter side to
+            floor(image_size / crop_pct) (or ``val_resize_size``), centre crop, no augmentation, no mixing, every
+            sample once.
         mixup: a ``MixupConfig`` (its ``num_classes`` must match), or None for no mixing.
+        targets: "soft" (float32 (B, num_classes): one-hot, smoothed, mixed) or "index" (int64 (B,) class indices,
+            for ``accuracy`` and hard-label losses; not with mixup on a training loader). None: "soft" for
+            training, "index" for evaluation.
         backend: "fused" (our kernel), "dali" (DALI's own operators), "none" (no mixing).
         device: "gpu" (mixed decode on the GPU), "cpu" (CPU-only DALI), "auto" (GPU when torch sees one).
         shard_id, num_shards: this rank's shard; default from torch.distributed when initialised.
-        out_dtype, layout, mean, std: as ``mix_batch``.
+        out_dtype, layout, mean, std: as ``mix_batch``; float32 by default, as a DataLoader's; float16/bfloat16
+            for a model run under AMP (with channels_last: layout "NHWC").
         device_id: the GPU (default: torch's current device, as set by ``torch.cuda.set_device``).
         scale, ratio, hflip: training augmentation, torchvision's ``RandomResizedCrop(scale, ratio)`` and the
             probability of a horizontal flip (timm's names).
+        interpolation: "bilinear", "bicubic", "nearest" or (training only) "random" (timm: bilinear or bicubic
+            per sample), for the crop's resize (and the eval resize).
+        color_jitter: training colour jitter, a number or (brightness, contrast, saturation[, hue]) (timm's
+            ``--color-jitter``; torchvision's ColorJitter meaning).
+        auto_augment: timm's RandAugment string ("rand-m9-mstd0.5-inc1") or AutoAugment policy ("original",
+            "v0", ...), or torchvision's "ra", "ta_wide", "imagenet" (see ``dali_mixup.auto_augment``).
+        re_prob, re_mode, re_count: random erasing (timm's ``--reprob``, ``--remode`` const|rand|pixel,
+            ``--recount``), on the un-mixed crop (see ``dali_mixup.augment.random_erasing``).
+        crop_pct, val_resize_size: evaluation resize (timm's ``crop_pct``; torchvision's ``--val-resize-size``,
+            which overrides it).
         skip_corrupt: check every image first (header and end marker) and leave empty and corrupt ones out,
             logging how many (``loader.dataset.skipped``). Default: an empty image is refused here, a corrupt
             one stops iteration with an error naming it.
@@ -450,6 +552,10 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
     if isinstance(hflip, bool) or not isinstance(hflip, numbers.Real) or not 0.0 <= float(hflip) <= 1.0:
         raise ValueError(f"hflip must be a probability in [0, 1], got {hflip!r}")
     mean, std = check_normalization(mean, std)
+    augment = check_augment(image_size=image_size, train=train, interpolation=interpolation,
+                            color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob, re_mode=re_mode,
+                            re_count=re_count, crop_pct=crop_pct, val_resize_size=val_resize_size)
+    targets = _check_targets(targets, train, mixup)
     shard_id, num_shards = _default_shards(shard_id, num_shards)
     # DALI takes an int64 seed; rank r's pipeline uses pipeline_seed(seed, r)
     seed = _integer("seed", seed, 0, DALI_SEED_MAX - pipeline_seed(0, num_shards - 1))
@@ -464,4 +570,17 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                            image_size=image_size, mixup=mixup, backend=backend if mixup is not None else "none",
                            device=device, num_threads=num_threads, seed=seed, shard_id=shard_id,
                            num_shards=num_shards, out_dtype=out_dtype, layout=layout, mean=mean, std=std,
-                           device_id=device_id, scale=scale, ratio=ratio, hflip=hflip, placement=placement)
+                           device_id=device_id, scale=scale, ratio=ratio, hflip=hflip, augment=augment,
+                           targets=targets, placement=placement)
+
+
+def _check_targets(targets: Optional[str], train: bool, mixup: Optional[MixupConfig]) -> str:
+    """None -> "soft" (training) / "index" (evaluation); index targets cannot carry a training loader's mixing."""
+    if targets is None:
+        return "soft" if train else "index"
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {TARGETS} or None, got {targets!r}")
+    if targets == "index" and train and mixup is not None:
+        raise ValueError("targets='index' with mixup on a training loader: class indices cannot carry mixed or "
+                         "smoothed targets; pass mixup=None (and smooth in the loss) or targets='soft'")
+    return targets

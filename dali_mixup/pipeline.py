@@ -2,6 +2,10 @@
 CPU-only pipeline, device_id=None), so CPU CI runs the same code as a GPU machine.
 
 in:  encoded images (ImageFolder / file list via readers.file, or WebDataset shards).
+Training: random-resized crop (``scale``, ``ratio``, ``interpolation``), then the augmentations of
+``augment.train_augment`` (auto_augment, colour jitter, random erasing) on the uint8 crop; the flip is a flag.
+Evaluation: resize the shorter side to ``augment.eval_resize_size`` and crop the centre; nothing random.
+
 out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,),
      ``flip`` bool (B,); the fused kernel runs on these in the iterator (epilogue), flip included. With a
      ``mix_step`` (placement "graph") the kernels run inside the graph instead (``dali.mix``): ``images``
@@ -18,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import augment as aug
 from .config import MixupConfig
 from .dali import import_dali
 from .datasets import Dataset
@@ -86,19 +91,25 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                    label_smoothing: float = 0.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                    out_dtype: str = "float16", layout: str = "NCHW", checkpoint: Optional[str] = None,
                    prefetch_queue_depth: int = 2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                   mix_step: Optional[Callable] = None):
-    """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs.
+                   interpolation: str = "bilinear", color_jitter=None, auto_augment: Optional[str] = None,
+                   re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1, crop_pct: float = 0.875,
+                   val_resize_size: Optional[int] = None, mix_step: Optional[Callable] = None):
+    """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs; the
+    augmentation options are ``augment.check_augment``'s (validated there).
 
     ``mix_step``: backend "fused" only, callable(images, labels, flip=) -> (images, targets) DataNodes that mixes
     inside the graph (a ``dali.mix`` with its arguments bound); None: the iterator's epilogue mixes."""
     fn, pipeline_def, types = import_dali()
+    augment = dict(interpolation=interpolation, color_jitter=color_jitter, auto_augment=auto_augment,
+                   re_prob=re_prob, re_mode=re_mode, re_count=re_count)
     decode_device = "mixed" if device == "gpu" else "cpu"
     hints = _GPU_DECODER_HINTS if device == "gpu" else {}
     reader_seed = seed  # the same file order on every rank (shards are slices of it); augmentations per rank
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   seed=pipeline_seed(seed, shard_id), enable_checkpointing=True,
-                  prefetch_queue_depth=prefetch_queue_depth)
+                  prefetch_queue_depth=prefetch_queue_depth,
+                  enable_conditionals=train and aug.needs_conditionals(augment))
     def graph():
         common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
                       seed=reader_seed, random_shuffle=train, initial_fill=_SHUFFLE_BUFFER)
@@ -114,12 +125,13 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
                                                    random_area=tuple(scale), random_aspect_ratio=tuple(ratio),
                                                    num_attempts=10, **hints)
-            images = fn.resize(images, resize_x=image_size, resize_y=image_size)
+            images = aug.resize(images, size=image_size, interpolation=interpolation)
             flip = fn.random.coin_flip(probability=hflip, dtype=types.BOOL)
+            images = aug.train_augment(images, size=image_size, augment=augment, mean=mean, std=std)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **hints)
-            images = fn.resize(images, resize_shorter=image_size / 0.875)
-            images = fn.crop(images, crop=(image_size, image_size))
+            images = aug.resize_and_centre_crop(images, encoded, size=image_size, interpolation=interpolation,
+                                                shorter=aug.eval_resize_size(image_size, crop_pct, val_resize_size))
             flip = fn.random.coin_flip(probability=0.0, dtype=types.BOOL)
         labels = fn.cast(labels, dtype=types.INT64)
         if backend == "fused":

@@ -64,8 +64,8 @@ def _tar(path, members):
 
 
 def _labels(loader):
-    """Per batch, the labels of an evaluation epoch (one-hot targets)."""
-    return [t.argmax(1).tolist() for _, t in loader]
+    """Per batch, the labels of an epoch (class-index or one-hot targets)."""
+    return [(t.argmax(1) if t.ndim == 2 else t).tolist() for _, t in loader]
 
 
 @pytest.fixture(scope="module")

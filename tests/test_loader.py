@@ -33,16 +33,21 @@ def test_shapes_dtypes_layout_device_and_target_rows(image_folder, backend, layo
     assert count == len(loader)
 
 
-def test_eval_keeps_the_partial_batch_and_every_sample_once(indexed_list):
+@pytest.mark.parametrize("targets", [None, "soft"])
+def test_eval_keeps_the_partial_batch_and_every_sample_once(indexed_list, targets):
     loader = create_dali_loader(indexed_list, batch_size=5, num_classes=23, image_size=24, num_threads=1,
-                                device="cpu", train=False)
+                                device="cpu", train=False, targets=targets)
     assert len(loader) == 5
     for _ in range(2):  # two epochs, the same samples, in file order
         ids, sizes = [], []
-        for images, targets in loader:
+        for images, target in loader:
             sizes.append(len(images))
-            ids += targets.argmax(1).tolist()
-            assert torch.equal(targets, torch.nn.functional.one_hot(targets.argmax(1), 23).float())
+            if targets is None:  # evaluation's default: int64 class indices
+                assert target.dtype == torch.int64 and target.shape == (len(images),)
+                ids += target.tolist()
+            else:
+                ids += target.argmax(1).tolist()
+                assert torch.equal(target, torch.nn.functional.one_hot(target.argmax(1), 23).float())
         assert sizes == [5, 5, 5, 5, 3] and ids == list(range(23))
 
 
@@ -129,7 +134,7 @@ def _ddp_worker(rank, world, port, data, result_dir):
     try:
         ev = create_dali_loader(data, batch_size=4, num_classes=23, image_size=16, num_threads=1, device="cpu",
                                 train=False)
-        ids = [i for _, t in ev for i in t.argmax(1).tolist()]
+        ids = [i for _, t in ev for i in t.tolist()]
         tr = create_dali_loader(data, batch_size=4, num_classes=23, image_size=16, num_threads=1, device="cpu",
                                 mixup=dm.MixupConfig(23), train=True)
         first = next(iter(tr))[1]
@@ -153,7 +158,7 @@ def test_explicit_shards(indexed_list):
     for shard in range(3):
         loader = create_dali_loader(indexed_list, batch_size=4, num_classes=23, image_size=16, num_threads=1,
                                     device="cpu", train=False, shard_id=shard, num_shards=3)
-        seen.append([i for _, t in loader for i in t.argmax(1).tolist()])
+        seen.append([i for _, t in loader for i in t.tolist()])
     assert sorted(sum(seen, [])) == list(range(23))
 
 
@@ -181,7 +186,7 @@ def test_webdataset_shards(indexed_list, tmp_path):
     for data in (str(tmp_path / "train-*.tar"), [str(tmp_path / "train-0.tar"), str(tmp_path / "train-1.tar")]):
         loader = create_dali_loader(data, batch_size=5, num_classes=23, image_size=16, num_threads=1, device="cpu",
                                     train=False)
-        assert sorted(i for _, t in loader for i in t.argmax(1).tolist()) == list(range(23))
+        assert sorted(i for _, t in loader for i in t.tolist()) == list(range(23))
     with pytest.raises(ValueError, match="out of range"):
         create_dali_loader(str(tmp_path / "train-*.tar"), batch_size=5, num_classes=20, device="cpu")
 

@@ -14,7 +14,7 @@ GPU = dict(batch_size=4, num_classes=3, image_size=32, num_threads=2, device="gp
 
 @pytest.mark.parametrize("backend", ["fused", "dali", "none"])
 def test_gpu_shapes_device_and_rows(image_folder, backend):
-    loader = create_dali_loader(image_folder, mixup=CFG, backend=backend, **GPU)
+    loader = create_dali_loader(image_folder, mixup=CFG, backend=backend, out_dtype=torch.float16, **GPU)
     n = 0
     for images, targets in loader:
         assert images.is_cuda and targets.is_cuda

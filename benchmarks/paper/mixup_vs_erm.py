@@ -121,7 +121,7 @@ def accuracy(model, loader):
     correct = count = 0
     with torch.no_grad():
         for images, targets in loader:
-            correct += (model(images).argmax(1) == targets.argmax(1)).sum().item()
+            correct += (model(images).argmax(1) == targets).sum().item()  # eval loaders: class indices
             count += len(images)
     return 100.0 * correct / max(count, 1)
 
