@@ -9,7 +9,7 @@ from dali_mixup import reference as ref
 from dali_mixup.kernels import cpu as kcpu
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SHAPES = [(1, 1, 1), (2, 3, 5), (5, 7, 9), (8, 16, 13), (3, 33, 17)]
+SHAPES = [(1, 1, 1), (2, 3, 5), (5, 7, 9), (8, 16, 13), (3, 33, 17), (3, 4, 53)]  # 53: 3 shuffled blocks + 5
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
