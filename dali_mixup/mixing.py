@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from . import kernels
+from . import host_buffers, kernels
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .kernels import pixel_math as pm
 from .params import MixParams, sample_params
@@ -188,7 +188,10 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
 
     nchw = layout == "NCHW"
     shape = (n, 3, h, w) if nchw else (n, h, w, 3)
-    images_out = torch.empty(shape, dtype=out_dtype, device=device)
+    if device.type == "cpu":  # recycled host memory: no page faults on a fresh batch (see host_buffers)
+        images_out = host_buffers.empty(shape, out_dtype)
+    else:
+        images_out = torch.empty(shape, dtype=out_dtype, device=device)
     kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
     src = images_u8.contiguous()
     out_kind = OUT_DTYPES[out_dtype]
