@@ -370,7 +370,8 @@ def bar_chart(report: dict, path: Path) -> None:
         y = 40 + k * row
         length = int((w - left - 90) * r["img_per_s_median"] / top)
         d.text((10, y + 10), name, fill="black")
-        d.rectangle([left, y + 4, left + length, y + row - 10], fill=(46, 125, 50) if name == "fused" else (120, 144, 156))
+        color = (46, 125, 50) if name == "fused" else (120, 144, 156)
+        d.rectangle([left, y + 4, left + length, y + row - 10], fill=color)
         lo = left + int((w - left - 90) * r["img_per_s_min"] / top)
         hi = left + int((w - left - 90) * r["img_per_s_max"] / top)
         d.line([lo, y + row // 2 - 3, hi, y + row // 2 - 3], fill="black", width=2)

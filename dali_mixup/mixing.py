@@ -146,7 +146,7 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
               out_dtype: torch.dtype = torch.float32, layout: str = "NCHW", flip=None, seed: int = 0,
               epoch: int = 0, step: int = 0, rank: int = 0,
-              check_labels: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+              check_labels: bool = True, cpu_threads: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mix, normalise, cast and lay out a uint8 batch in one kernel; soft targets from the same λ.
 
     Args:
@@ -164,6 +164,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
             synchronisation); pass False when labels are already known valid. Unchecked, a bad label of sample i
             gives NaN rows, never a wrong target: row i and the row of the sample whose partner is i (two rows,
             one when i is its own partner; partners are drawn even when a batch is not mixed).
+        cpu_threads: at most this many threads for the CPU kernel (None: every core); a caller whose other
+            threads already keep the cores busy (a DALI pipeline decoding) passes fewer. Ignored on CUDA.
 
     Returns:
         (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on
@@ -180,6 +182,9 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         raise ValueError(f"out_dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {out_dtype}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if cpu_threads is not None and (isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int)
+                                    or cpu_threads < 1):
+        raise ValueError(f"cpu_threads must be an int >= 1 or None, got {cpu_threads!r}")
     scale, bias = _check_norm(mean, std)
     device = images_u8.device
     labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
@@ -205,8 +210,10 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
                                 scale, bias, cuda.as_cuda_array(kernel_out, sync=False), nchw, out_kind, stream)
         targets = _dense_targets(labels, table, cfg, device, table_dev)
     elif device.type == "cpu":
-        _cpu_kernels().mix_images(src.numpy().reshape(-1), n, h, w, table, scale, bias, kernel_out.numpy().reshape(-1),
-                                  nchw, out_kind)
+        k = _cpu_kernels()
+        with k.threads(cpu_threads):
+            k.mix_images(src.numpy().reshape(-1), n, h, w, table, scale, bias, kernel_out.numpy().reshape(-1), nchw,
+                         out_kind)
         targets = _dense_targets(labels, table, cfg, device)
     else:
         raise ValueError(f"images_u8 must be on the CPU or a CUDA device, got {device}")
