@@ -93,12 +93,13 @@ def _timm_mixer(num_classes):
 def _dali_session(data, backend, args, device, num_classes, timm_mix=False) -> _Session:
     """in: ImageFolder, backend fused|none|dali -> out: a session over ``create_dali_loader``; the DALI
     iterator inside it is timed (the loader's ``_iter``), the rest of the loader's ``__next__`` is epilogue."""
-    import dali_mixup as dm
-    cfg = dm.MixupConfig(num_classes, **_MIX)
-    loader = dm.create_dali_loader(data, batch_size=args.batch_size, num_classes=num_classes,
-                                   image_size=args.image_size, mixup=None if backend == "none" else cfg,
-                                   backend=backend, device=device, num_threads=args.threads, seed=args.seed,
-                                   out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False))
+    from . import loader as loader_module
+    from .config import MixupConfig
+    cfg = MixupConfig(num_classes, **_MIX)
+    loader = loader_module.create_dali_loader(
+        data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
+        mixup=None if backend == "none" else cfg, backend=backend, device=device, num_threads=args.threads,
+        seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False))
     if not hasattr(loader, "_iter"):
         raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter; update bench.py")
     clock = _Clock()
@@ -255,7 +256,7 @@ def _resolve_data(args) -> Path:
     else:
         data = ensure_sample_data() / "train"
     if not data.is_dir():
-        raise SystemExit(f"error: --data {data}: not a directory (bench needs an ImageFolder)")
+        raise ValueError(f"--data {data}: not a directory (bench needs an ImageFolder)")
     return data
 
 
@@ -287,7 +288,7 @@ def run(args) -> dict:
     data = _resolve_data(args)
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())
     if num_classes == 0:
-        raise SystemExit(f"error: --data {data}: no class sub-folders")
+        raise ValueError(f"--data {data}: no class sub-folders")
     makers = {
         "fused": lambda: _dali_session(data, "fused", args, device, num_classes),
         "dali-nomix": lambda: _dali_session(data, "none", args, device, num_classes),

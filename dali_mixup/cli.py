@@ -220,7 +220,7 @@ def _add_bench_only(p):
     g.add_argument("--json", metavar="FILE", help="also write the results to FILE (and FILE.md, FILE.png beside "
                                                   "it) (default: print only)")
     g.add_argument("--conditions", default="", metavar="TEXT",
-                   help="free text recorded with the results, e.g. what else ran on the machine")
+                   help="free text recorded with the results, e.g. what else ran on the machine (default: none)")
 
 
 # -- subcommands -------------------------------------------------------------------------------------------------
