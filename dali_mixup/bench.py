@@ -352,7 +352,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | not run | | | | | | | |")
     if report["goals"]:
         lines += ["", "Goals (ours ÷ this, median): " + "; ".join(
-            f"{name} {g['ours_over_this']:.2f}× vs ≥ {g['goal']:.2f}× ({'met' if g['met'] else 'missed'})"
+            f"{name} {g['ours_over_this']:.3f}× vs ≥ {g['goal']:.2f}× ({'met' if g['met'] else 'missed'})"
             for name, g in report["goals"].items()) + "."]
     return "\n".join(lines) + "\n"
 
