@@ -1,18 +1,23 @@
-"""``dali-mixup bench``: end-to-end loader throughput against the peers, in one run.
+"""``dali-mixup bench``: end-to-end loader throughput against the peers, measured the way a user sees it.
 
-Configurations (all B images of image_size², the same dataset, the same threads/workers):
+Configurations (B images of image_size², the same dataset, the same threads/workers, the same output dtype):
   fused        ours: DALI decode + crop, the fused mix kernel as the iterator's epilogue
   dali-nomix   the same DALI pipeline without mixing (plain DALI: crop_mirror_normalize in the graph)
   dali-ops     the same DALI pipeline with Mixup/CutMix by DALI's own operators
   dali+timm    plain DALI, then timm's Mixup on the torch tensors (what DLE/timm users do today)
   torch+timm   torch DataLoader (N workers) + torchvision transforms + timm's Mixup
 
-Alternating rounds after a warm-up round; each round runs every configuration for the same number of batches;
-reports medians and spread of images/s and each median's ratio to ours.
+Steady state: one configuration's loader is alive at a time (built, ``warmup`` batches discarded, ``batches``
+timed, shut down), so no prefetch queue fills while another configuration is timed; repetitions alternate the
+order of the configurations. Reported per configuration: the median, min and max of images/s over repetitions,
+ours ÷ this (ratio of medians, and the range of the same-repetition ratios, a measure of the noise), and where
+the consuming thread's time goes: waiting on the producer (DALI, or the DataLoader's workers), the epilogue
+(mixing, normalising, casting: everything after the producer handed the batch over) and the rest.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -25,44 +30,101 @@ from typing import Callable, Dict, List
 import torch
 
 CONFIGS = ("fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SAMPLES = ("photos", "shapes")
+# ours ÷ configuration, per device kind: the goals of issue #14
+GOALS = {"cpu": {"dali-nomix": 1.0, "torch+timm": 1.8},
+         "gpu": {"dali-nomix": 0.99, "dali+timm": 1.0, "torch+timm": 5.0}}
+_MIX = dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0)
 
 
-def _mixup_cfg(num_classes):
-    import dali_mixup as dm
-    return dm.MixupConfig(num_classes, mixup_alpha=0.8, cutmix_alpha=1.0, mode="batch")
+class _Clock:
+    """Seconds the consuming thread spent waiting on the producer and in the epilogue, since the last reset."""
+
+    def __init__(self):
+        self.wait = self.epilogue = 0.0
+
+    def reset(self):
+        self.wait = self.epilogue = 0.0
+
+
+class _TimedIterator:
+    """Wraps an iterator: adds the time spent in its ``__next__`` to ``clock.wait``; delegates everything else."""
+
+    def __init__(self, inner, clock: _Clock):
+        self._inner, self._clock = inner, clock
+
+    def __next__(self):
+        t = time.perf_counter()
+        try:
+            return next(self._inner)
+        finally:
+            self._clock.wait += time.perf_counter() - t
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self._inner)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class _Session:
+    """One configuration's live loader. ``step()`` -> images in the batch; ``close()`` shuts it down."""
+
+    def __init__(self, next_batch: Callable[[], int], close: Callable[[], None], clock: _Clock):
+        self.step, self.close, self.clock = next_batch, close, clock
 
 
 def _cycle(make_iter):
-    """Endless batches across epochs."""
+    """in: a callable returning a fresh epoch iterator -> out: endless batches across epochs."""
     while True:
         for batch in make_iter():
             yield batch
 
 
-def _dali_runner(data, backend, args, device, num_classes, timm_mix=False):
-    from .loader import create_dali_loader
-    cfg = _mixup_cfg(num_classes)
-    loader = create_dali_loader(data, batch_size=args.batch_size, num_classes=num_classes,
-                                image_size=args.image_size, mixup=None if backend == "none" else cfg,
-                                backend=backend, device=device, num_threads=args.threads, seed=args.seed,
-                                skip_corrupt=getattr(args, "skip_corrupt", False))
-    mixer = None
-    if timm_mix:
-        from timm.data.mixup import Mixup
-        mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
+def _timm_mixer(num_classes):
+    from timm.data.mixup import Mixup
+    return Mixup(num_classes=num_classes, **_MIX)
+
+
+def _dali_session(data, backend, args, device, num_classes, timm_mix=False) -> _Session:
+    """in: ImageFolder, backend fused|none|dali -> out: a session over ``create_dali_loader``; the DALI
+    iterator inside it is timed (the loader's ``_iter``), the rest of the loader's ``__next__`` is epilogue."""
+    from . import loader as loader_module
+    from .config import MixupConfig
+    cfg = MixupConfig(num_classes, **_MIX)
+    loader = loader_module.create_dali_loader(
+        data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
+        mixup=None if backend == "none" else cfg, backend=backend, device=device, num_threads=args.threads,
+        seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False))
+    if not hasattr(loader, "_iter"):
+        raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter; update bench.py")
+    clock = _Clock()
+    loader._iter = _TimedIterator(loader._iter, clock)
+    mixer = _timm_mixer(num_classes) if timm_mix else None
     stream = _cycle(lambda: loader)
 
     def step():
+        t = time.perf_counter()
+        wait = clock.wait
         images, targets = next(stream)
         if mixer is not None:
             images, targets = mixer(images, targets.argmax(1))
+        clock.epilogue += time.perf_counter() - t - (clock.wait - wait)
         return len(images)
 
-    return step
+    def close():
+        nonlocal loader, stream
+        del loader, stream
+
+    return _Session(step, close, clock)
 
 
-def _torch_runner(data, args, num_classes):
-    from timm.data.mixup import Mixup
+def _torch_session(data, args, device, num_classes) -> _Session:
+    """in: ImageFolder -> out: a session over DataLoader(workers) + torchvision + timm's Mixup, cast to --dtype."""
     from torchvision import datasets, transforms
     tf = transforms.Compose([
         transforms.RandomResizedCrop(args.image_size),
@@ -78,41 +140,82 @@ def _torch_runner(data, args, num_classes):
                               is_valid_file=decodable if getattr(args, "skip_corrupt", False) else None)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
-                                         pin_memory=torch.cuda.is_available())
-    mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
-    dev = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
-    stream = _cycle(lambda: loader)
+                                         pin_memory=device == "gpu")
+    mixer = _timm_mixer(num_classes)
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    dtype = DTYPES[args.dtype]
+    clock = _Clock()
+    stream = _TimedIterator(_cycle(lambda: loader), clock)
 
     def step():
         images, labels = next(stream)
+        t = time.perf_counter()
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         images, targets = mixer(images, labels)
+        images = images.to(dtype)
+        clock.epilogue += time.perf_counter() - t
         return len(images)
 
-    return step
+    def close():
+        nonlocal loader, stream
+        del loader, stream  # the workers stop with the last reference to their iterator
+
+    return _Session(step, close, clock)
 
 
 def _machine(device) -> dict:
     import numpy
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "device": device}
+            "processor": _cpu_name(), "torch": torch.__version__, "numpy": numpy.__version__, "device": device}
     try:
         import nvidia.dali
         info["dali"] = nvidia.dali.__version__
     except ImportError:
         info["dali"] = None
     if torch.cuda.is_available():
+        import subprocess
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
         try:
-            import subprocess
             info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                             capture_output=True, text=True).stdout.strip()
         except OSError:
             info["driver"] = None
     return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process's threads (DALI's included) and of its live child processes
+    (DataLoader workers; Linux /proc). A noise-resistant measure of the work per batch on a shared machine."""
+    total = time.process_time()
+    me, tick = str(os.getpid()), os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[1] == me:  # fields[1]: the parent's pid; [11], [12]: utime, stime in clock ticks
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _load_average():
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 def _progress(done, total, label):
@@ -124,93 +227,152 @@ def _progress(done, total, label):
         sys.stderr.write("\n")
 
 
+def _measure(session: _Session, warmup: int, batches: int) -> dict:
+    """in: a live session -> out: one repetition: images/s and seconds per batch waiting / in the epilogue / rest."""
+    for _ in range(warmup):
+        session.step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    session.clock.reset()
+    cpu = _cpu_seconds()
+    t = time.perf_counter()
+    count = sum(session.step() for _ in range(batches))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    total = time.perf_counter() - t
+    cpu = _cpu_seconds() - cpu
+    wait, epilogue = session.clock.wait, session.clock.epilogue
+    return {"img_per_s": count / total, "wait_s": wait / batches, "epilogue_s": epilogue / batches,
+            "rest_s": (total - wait - epilogue) / batches, "cpu_s": cpu / batches}
+
+
+def _resolve_data(args) -> Path:
+    from .sample_data import ensure_photo_data, ensure_sample_data
+    if args.data is not None:
+        data = Path(args.data)
+        data = data / "train" if (data / "train").is_dir() else data  # --data means what it means for train
+    elif args.sample == "photos":
+        data = ensure_photo_data() / "train"
+    else:
+        data = ensure_sample_data() / "train"
+    if not data.is_dir():
+        raise ValueError(f"--data {data}: not a directory (bench needs an ImageFolder)")
+    return data
+
+
+def _summarise(names, reps: Dict[str, List[dict]]) -> dict:
+    results = {}
+    for name in names:
+        r = reps[name]
+        rates = [x["img_per_s"] for x in r]
+        results[name] = {"img_per_s_median": statistics.median(rates), "img_per_s_min": min(rates),
+                         "img_per_s_max": max(rates), "repetitions": len(rates),
+                         **{f"{k}_ms_per_batch": 1e3 * statistics.median(x[f"{k}_s"] for x in r)
+                            for k in ("wait", "epilogue", "rest", "cpu")},
+                         "per_repetition": r}
+        if "fused" in reps:
+            paired = [f["img_per_s"] / x["img_per_s"] for f, x in zip(reps["fused"], r)]
+            ours = statistics.median(f["img_per_s"] for f in reps["fused"])
+            results[name].update(ours_over_this=ours / statistics.median(rates),
+                                 ours_over_this_paired_min=min(paired), ours_over_this_paired_max=max(paired),
+                                 cpu_this_over_ours=results[name]["cpu_ms_per_batch"] / max(
+                                     1e-9, 1e3 * statistics.median(f["cpu_s"] for f in reps["fused"])))
+    return results
+
+
 def run(args) -> dict:
-    from .sample_data import ensure_sample_data
+    """in: parsed ``bench`` arguments -> out: the report (machine, settings, results per configuration, goals)."""
     device = args.device
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
-    if args.data is None:
-        data = ensure_sample_data() / "train"
-    else:
-        data = Path(args.data)
-        data = data / "train" if (data / "train").is_dir() else data  # --data means what it means for train
-    if not data.is_dir():
-        raise SystemExit(f"error: --data {data}: not a directory (bench needs an ImageFolder)")
+    data = _resolve_data(args)
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())
     if num_classes == 0:
-        raise SystemExit(f"error: --data {data}: no class sub-folders")
-
-    makers: Dict[str, Callable[[], Callable[[], int]]] = {
-        "fused": lambda: _dali_runner(data, "fused", args, device, num_classes),
-        "dali-nomix": lambda: _dali_runner(data, "none", args, device, num_classes),
-        "dali-ops": lambda: _dali_runner(data, "dali", args, device, num_classes),
-        "dali+timm": lambda: _dali_runner(data, "none", args, device, num_classes, timm_mix=True),
-        "torch+timm": lambda: _torch_runner(data, args, num_classes),
+        raise ValueError(f"--data {data}: no class sub-folders")
+    makers = {
+        "fused": lambda: _dali_session(data, "fused", args, device, num_classes),
+        "dali-nomix": lambda: _dali_session(data, "none", args, device, num_classes),
+        "dali-ops": lambda: _dali_session(data, "dali", args, device, num_classes),
+        "dali+timm": lambda: _dali_session(data, "none", args, device, num_classes, timm_mix=True),
+        "torch+timm": lambda: _torch_session(data, args, device, num_classes),
     }
     names = [c for c in CONFIGS if c in args.configs]
-    steps = {name: makers[name]() for name in names}
-    rates: Dict[str, List[float]] = {name: [] for name in names}
-    total = (args.rounds + 1) * len(names)
-    done = 0
-    for rnd in range(args.rounds + 1):  # round 0 warms up (compilation, worker start, caches) and is discarded
-        for name in (names if rnd % 2 == 0 else names[::-1]):  # alternate the order between rounds
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            count = sum(steps[name]() for _ in range(args.batches))
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if rnd > 0:
-                rates[name].append(count / (time.perf_counter() - t))
+    reps: Dict[str, List[dict]] = {name: [] for name in names}
+    load_before = _load_average()
+    done, total = 0, args.repeats * len(names)
+    for rep in range(args.repeats):
+        for name in (names if rep % 2 == 0 else names[::-1]):  # alternate the order between repetitions
+            session = makers[name]()
+            try:
+                reps[name].append(_measure(session, args.warmup, args.batches))
+            finally:
+                session.close()
+                gc.collect()
             done += 1
             _progress(done, total, name)
-    ours = statistics.median(rates["fused"]) if "fused" in rates else None
-    results = {}
-    for name in names:
-        med = statistics.median(rates[name])
-        results[name] = {"img_per_s_median": med, "img_per_s_min": min(rates[name]),
-                         "img_per_s_max": max(rates[name]), "rounds": len(rates[name]),
-                         "ours_over_this": (ours / med) if ours else None}
+    results = _summarise(names, reps)
+    goals = {name: {"goal": goal, "ours_over_this": results[name]["ours_over_this"],
+                    "met": results[name]["ours_over_this"] >= goal}
+             for name, goal in GOALS[device].items() if name in results and "fused" in results}
     return {"machine": _machine(device), "data": str(data), "batch_size": args.batch_size,
-            "image_size": args.image_size, "dali_threads": args.threads, "dataloader_workers": args.workers,
-            "batches_per_round": args.batches, "rounds": args.rounds, "seed": args.seed,
-            "date": time.strftime("%Y-%m-%d"), "results": results,
+            "image_size": args.image_size, "dtype": args.dtype, "layout": "NCHW", "dali_threads": args.threads,
+            "dataloader_workers": args.workers, "warmup_batches": args.warmup, "batches": args.batches,
+            "repetitions": args.repeats, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
+            "load_average_before": load_before, "load_average_after": _load_average(),
+            "conditions": args.conditions, "results": results, "goals": goals,
             "not_run": [c for c in CONFIGS if c not in names]}
 
 
 def markdown(report: dict) -> str:
+    """in: a report from ``run`` -> out: its Markdown table, with the setting, the time split and the goals."""
     m = report["machine"]
     where = m.get("gpu") or f"CPU only ({m['cpu_count']} cores)"
+    load = report.get("load_average_before")
     lines = [f"Measured {report['date']} on {where}, {m['processor']}, Python {m['python']}, torch {m['torch']}, "
              f"DALI {m['dali']}" + (f", driver {m.get('driver')}" if m.get("driver") else "") + ".",
-             f"B = {report['batch_size']}, {report['image_size']}², {report['dali_threads']} DALI threads, "
-             f"{report['dataloader_workers']} DataLoader workers, {report['rounds']} alternating rounds of "
-             f"{report['batches_per_round']} batches after a warm-up round; data: {report['data']}.", "",
-             "| configuration | img/s (median) | min – max | ours ÷ this |", "|---|---:|---:|---:|"]
+             f"B = {report['batch_size']}, {report['image_size']}², {report['dtype']} {report['layout']} for every "
+             f"configuration, {report['dali_threads']} DALI threads, {report['dataloader_workers']} DataLoader "
+             f"workers; steady state: one loader alive at a time, {report['warmup_batches']} warm-up + "
+             f"{report['batches']} timed batches, {report['repetitions']} alternating repetitions; "
+             f"data: {report['data']}." + (f" Load average before: {load[0]:.2f}." if load else "")
+             + (f" Conditions: {report['conditions']}." if report.get("conditions") else ""), "",
+             "| configuration | img/s (median) | min – max | ours ÷ this (same-repetition range) "
+             "| waiting on producer | epilogue (mixing) | rest | CPU time | its CPU ÷ ours |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["results"].items():
-        ratio = f"{r['ours_over_this']:.2f}×" if r["ours_over_this"] else "—"
+        ratio = cpu_ratio = "—"
+        if r.get("ours_over_this"):
+            ratio = (f"{r['ours_over_this']:.2f}× ({r['ours_over_this_paired_min']:.2f}–"
+                     f"{r['ours_over_this_paired_max']:.2f})")
+            cpu_ratio = f"{r['cpu_this_over_ours']:.2f}×"
         lines.append(f"| {name} | {r['img_per_s_median']:.0f} | {r['img_per_s_min']:.0f} – {r['img_per_s_max']:.0f} "
-                     f"| {ratio} |")
+                     f"| {ratio} | {r['wait_ms_per_batch']:.1f} ms | {r['epilogue_ms_per_batch']:.1f} ms "
+                     f"| {r['rest_ms_per_batch']:.1f} ms | {r['cpu_ms_per_batch']:.0f} ms | {cpu_ratio} |")
     for name in report["not_run"]:
-        lines.append(f"| {name} | not run | | |")
+        lines.append(f"| {name} | not run | | | | | | | |")
+    if report["goals"]:
+        lines += ["", "Goals (ours ÷ this, median): " + "; ".join(
+            f"{name} {g['ours_over_this']:.3f}× vs ≥ {g['goal']:.2f}× ({'met' if g['met'] else 'missed'})"
+            for name, g in report["goals"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
 def bar_chart(report: dict, path: Path) -> None:
-    """A PNG bar chart of the medians (Pillow only)."""
+    """in: a report -> out: a PNG bar chart of the medians with min–max whiskers at ``path`` (Pillow only)."""
     from PIL import Image, ImageDraw
     items = list(report["results"].items())
     top = max(r["img_per_s_max"] for _, r in items) or 1.0
     w, row, left = 760, 44, 130
     img = Image.new("RGB", (w, 50 + row * len(items)), "white")
     d = ImageDraw.Draw(img)
-    d.text((10, 12), f"images/s, B={report['batch_size']}, {report['image_size']}px "
-                     f"({report['machine'].get('gpu') or 'CPU'})", fill="black")
+    d.text((10, 12), f"images/s, B={report['batch_size']}, {report['image_size']}px, {report['dtype']} "
+                     f"({report['machine'].get('gpu') or 'CPU'}), steady state", fill="black")
     for k, (name, r) in enumerate(items):
         y = 40 + k * row
         length = int((w - left - 90) * r["img_per_s_median"] / top)
         d.text((10, y + 10), name, fill="black")
-        d.rectangle([left, y + 4, left + length, y + row - 10], fill=(46, 125, 50) if name == "fused" else (120, 144, 156))
+        color = (46, 125, 50) if name == "fused" else (120, 144, 156)
+        d.rectangle([left, y + 4, left + length, y + row - 10], fill=color)
         lo = left + int((w - left - 90) * r["img_per_s_min"] / top)
         hi = left + int((w - left - 90) * r["img_per_s_max"] / top)
         d.line([lo, y + row // 2 - 3, hi, y + row // 2 - 3], fill="black", width=2)
@@ -219,6 +381,7 @@ def bar_chart(report: dict, path: Path) -> None:
 
 
 def main(args) -> int:
+    """in: parsed ``bench`` arguments -> out: exit status; prints the table, writes JSON/MD/PNG with ``--json``."""
     report = run(args)
     text = markdown(report)
     print(text)

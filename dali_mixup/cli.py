@@ -200,17 +200,27 @@ def _add_train(p):
 
 def _add_bench_only(p):
     # Flags of the benchmark alone (bench.py reads them); shared flags come from _add_data / _add_common.
-    g = p.add_argument_group("benchmark")
+    g = p.add_argument_group("benchmark (steady state: one loader alive at a time, warm-up excluded)")
     g.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
                    help="DataLoader workers of the torch+timm configuration")
-    g.add_argument("--rounds", type=positive_int, default=5, metavar="N",
-                   help="measured rounds, after one warm-up round")
-    g.add_argument("--batches", type=positive_int, default=6, metavar="N", help="batches per configuration per round")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="output dtype of every configuration (like for like)")
+    g.add_argument("--sample", default="photos", choices=["photos", "shapes"],
+                   help="built-in data when --data is not given: photo-like JPEGs of ImageNet's sizes (needs "
+                        "scikit-image, the bench extra) or the generated shapes")
+    g.add_argument("--repeats", type=positive_int, default=3, metavar="N",
+                   help="repetitions, the configurations' order alternating")
+    g.add_argument("--warmup", type=non_negative_int, default=4, metavar="N",
+                   help="batches discarded after each loader is built")
+    g.add_argument("--batches", type=positive_int, default=40, metavar="N",
+                   help="timed batches per configuration per repetition")
     g.add_argument("--configs", nargs="+", metavar="NAME",
                    default=["fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"],
                    help="configurations to measure")
     g.add_argument("--json", metavar="FILE", help="also write the results to FILE (and FILE.md, FILE.png beside "
                                                   "it) (default: print only)")
+    g.add_argument("--conditions", default="", metavar="TEXT",
+                   help="free text recorded with the results, e.g. what else ran on the machine (default: none)")
 
 
 # -- subcommands -------------------------------------------------------------------------------------------------

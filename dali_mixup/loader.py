@@ -26,7 +26,7 @@ from . import dali
 from .augment import check_augment
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
-from .mixing import LAYOUTS, OUT_DTYPES, mix_batch
+from .mixing import LAYOUTS, OUT_DTYPES, mix_batch, precompile_in_background
 from .params import sample_params
 from .dali import import_dali
 from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
@@ -202,6 +202,9 @@ class DaliMixupLoader:
         self.batch_size, self.num_classes, self.train, self.image_size = batch_size, num_classes, train, image_size
         self.mixup, self.backend, self.device_kind = mixup, backend, device
         self.num_threads, self.seed = num_threads, seed
+        # the fused CPU epilogue takes the cores DALI's threads leave (measured: an oversubscribed kernel spins)
+        self._kernel_threads = max(1, len(os.sched_getaffinity(0)) - num_threads) if hasattr(
+            os, "sched_getaffinity") else None
         self.shard_id, self.num_shards = shard_id, num_shards
         self.out_dtype, self.layout, self.mean, self.std = out_dtype, layout, tuple(mean), tuple(std)
         self.device_id = device_id
@@ -220,7 +223,17 @@ class DaliMixupLoader:
         self.sampler = EpochSampler(self)
         self.batch_sampler = BatchSampler(self)
         self._check_fits()
+        #: the background compile of the CUDA kernels (fused backend on the GPU), or None; see _precompile
+        self.precompile_thread = self._precompile()
         self._build()
+
+    def _precompile(self):
+        """Fused on the GPU: compile the kernels this loader launches while DALI builds and warms up (each
+        process and rank would otherwise compile them at its first batch; numba's on-disk cache makes later
+        processes fast). ``placement="graph"`` launches the same kernels from DALI's thread: they are ready too."""
+        if self.device.type != "cuda" or self.backend != "fused":
+            return None
+        return precompile_in_background(self.out_dtype, self.layout, self.image_size, self.device.index)
 
     @property
     def drop_last(self) -> bool:
@@ -368,7 +381,8 @@ class DaliMixupLoader:
                                    rank=self.shard_id)
             images, targets = mix_batch(images_u8, labels, cfg, params,
                                         mean=self.mean, std=self.std, out_dtype=self.out_dtype, layout=self.layout,
-                                        flip=flip.cpu().numpy(), check_labels=False)
+                                        flip=flip.cpu().numpy(), check_labels=False,
+                                        cpu_threads=self._kernel_threads)
         if self.targets == "index":  # a copy: the caller's to keep, whatever DALI does with its own buffer
             targets = batch["labels"].to(self.device, torch.int64, non_blocking=True, copy=True)
         if self._in_flight is not None:

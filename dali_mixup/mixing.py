@@ -6,12 +6,13 @@ Any loader can call it; the DALI pipeline calls the same kernels. No host synchr
 
 from __future__ import annotations
 
+import threading
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import kernels
+from . import host_buffers, kernels
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .kernels import pixel_math as pm
 from .params import MixParams, sample_params
@@ -33,6 +34,28 @@ def _cuda_kernels():
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError("CUDA tensors need numba-cuda: pip install 'dali-mixup[cuda13]' "
                           f"(or numba-cuda[cu12] for CUDA 12): {exc}") from exc
+
+
+def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, device_index: int):
+    """Start compiling (or loading from numba's on-disk cache) the CUDA kernels ``mix_batch`` will launch for
+    ``out_dtype``/``layout``/``width`` on GPU ``device_index``, in a daemon thread; returns the thread.
+
+    A loader calls it when it is built, so the compile overlaps DALI's warm-up instead of delaying the first
+    batch; a launch that needs a kernel still compiling waits for it (``kernels.cuda.kernel`` is thread-safe).
+    An error here (no driver, no numba-cuda) is kept on the thread (``thread.error``), not raised: the first
+    batch compiles for itself and reports it where the user sees it. While it compiles, a ``builtins.print``
+    that a script replaced (non-master ranks) is the interpreter's own (see ``kernels.genuine_print``)."""
+
+    def run():
+        try:
+            _cuda_kernels().precompile(OUT_DTYPES[out_dtype], layout == "NCHW", width, device=device_index)
+        except Exception as exc:  # noqa: BLE001 - reported by the first batch's own compile
+            thread.error = exc
+
+    thread = threading.Thread(target=run, name="dali-mixup-precompile", daemon=True)
+    thread.error = None
+    thread.start()
+    return thread
 
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -146,7 +169,7 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
               out_dtype: torch.dtype = torch.float32, layout: str = "NCHW", flip=None, seed: int = 0,
               epoch: int = 0, step: int = 0, rank: int = 0,
-              check_labels: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+              check_labels: bool = True, cpu_threads: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Mix, normalise, cast and lay out a uint8 batch in one kernel; soft targets from the same λ.
 
     Args:
@@ -164,6 +187,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
             synchronisation); pass False when labels are already known valid. Unchecked, a bad label of sample i
             gives NaN rows, never a wrong target: row i and the row of the sample whose partner is i (two rows,
             one when i is its own partner; partners are drawn even when a batch is not mixed).
+        cpu_threads: at most this many threads for the CPU kernel (None: every core); a caller whose other
+            threads already keep the cores busy (a DALI pipeline decoding) passes fewer. Ignored on CUDA.
 
     Returns:
         (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on
@@ -180,6 +205,9 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         raise ValueError(f"out_dtype must be one of torch.float32, torch.float16, torch.bfloat16, got {out_dtype}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if cpu_threads is not None and (isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int)
+                                    or cpu_threads < 1):
+        raise ValueError(f"cpu_threads must be an int >= 1 or None, got {cpu_threads!r}")
     scale, bias = _check_norm(mean, std)
     device = images_u8.device
     labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
@@ -188,7 +216,10 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
 
     nchw = layout == "NCHW"
     shape = (n, 3, h, w) if nchw else (n, h, w, 3)
-    images_out = torch.empty(shape, dtype=out_dtype, device=device)
+    if device.type == "cpu":  # recycled host memory: no page faults on a fresh batch (see host_buffers)
+        images_out = host_buffers.empty(shape, out_dtype)
+    else:
+        images_out = torch.empty(shape, dtype=out_dtype, device=device)
     kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
     src = images_u8.contiguous()
     out_kind = OUT_DTYPES[out_dtype]
@@ -202,8 +233,10 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
                                 scale, bias, cuda.as_cuda_array(kernel_out, sync=False), nchw, out_kind, stream)
         targets = _dense_targets(labels, table, cfg, device, table_dev)
     elif device.type == "cpu":
-        _cpu_kernels().mix_images(src.numpy().reshape(-1), n, h, w, table, scale, bias, kernel_out.numpy().reshape(-1),
-                                  nchw, out_kind)
+        k = _cpu_kernels()
+        with k.threads(cpu_threads):
+            k.mix_images(src.numpy().reshape(-1), n, h, w, table, scale, bias, kernel_out.numpy().reshape(-1), nchw,
+                         out_kind)
         targets = _dense_targets(labels, table, cfg, device)
     else:
         raise ValueError(f"images_u8 must be on the CPU or a CUDA device, got {device}")

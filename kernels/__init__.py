@@ -15,6 +15,7 @@ import threading
 import types
 
 _lock = threading.Lock()
+_print_lock = threading.RLock()  # held while builtins.print is swapped (genuine_print)
 
 
 def _is_genuine_print(fn) -> bool:
@@ -73,17 +74,18 @@ def genuine_print():
     this package, or inside the replacement; failing both, a module-level stand-in that forwards to the caller's
     print is registered (numba's own ``print`` inside user kernels then types against the stand-in).
     """
-    current = builtins.print
-    if _is_genuine_print(current):
-        yield
-        return
     global _replaced_print
-    _replaced_print = current
-    builtins.print = _GENUINE_PRINT or _find_genuine_print(current) or print
-    try:
-        yield
-    finally:
-        builtins.print = current
+    with _print_lock:  # one swap at a time across threads (a loader compiles in the background)
+        current = builtins.print
+        if _is_genuine_print(current):
+            yield
+            return
+        _replaced_print = current
+        builtins.print = _GENUINE_PRINT or _find_genuine_print(current) or print
+        try:
+            yield
+        finally:
+            builtins.print = current
 
 
 def load(name: str):

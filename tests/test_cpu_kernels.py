@@ -9,7 +9,7 @@ from dali_mixup import reference as ref
 from dali_mixup.kernels import cpu as kcpu
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SHAPES = [(1, 1, 1), (2, 3, 5), (5, 7, 9), (8, 16, 13), (3, 33, 17)]
+SHAPES = [(1, 1, 1), (2, 3, 5), (5, 7, 9), (8, 16, 13), (3, 33, 17), (3, 4, 53)]  # 53: 3 shuffled blocks + 5
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
@@ -73,3 +73,18 @@ def test_bfloat16_rounding_bit_exact_against_torch():
     nan = np.isnan(values)
     np.testing.assert_array_equal(got[~nan], want[~nan])
     assert np.all(np.isnan((got[nan].astype(np.uint32) << 16).view(np.float32)))
+
+
+def test_cpu_threads_change_nothing_but_the_threads(make_batch):
+    import numba
+    images = torch.from_numpy(make_batch(5, 9, 37))
+    cfg = dm.MixupConfig(4, mixup_alpha=1.0, cutmix_alpha=1.0, mode="elem")
+    labels = torch.arange(5) % 4
+    want, _ = dm.mix_batch(images, labels, cfg)
+    before = numba.get_num_threads()
+    got, _ = dm.mix_batch(images, labels, cfg, cpu_threads=1)
+    assert numba.get_num_threads() == before  # restored
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="cpu_threads"):
+            dm.mix_batch(images, labels, cfg, cpu_threads=bad)

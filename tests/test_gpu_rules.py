@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 import warnings
 from pathlib import Path
 
@@ -172,3 +173,20 @@ def test_kernels_work_whatever_builtins_print_is(tmp_path, when, job):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+
+
+# ---- kernels compiled while the loader is built ---------------------------------------------------------------
+
+@pytest.mark.parametrize("device, backend, expected", [
+    ("cuda:1", "fused", [(torch.float16, "NHWC", 176, 1)]),
+    ("cuda:0", "none", []),  # no kernel of ours runs
+    ("cuda:0", "dali", []),
+    ("cpu", "fused", []),  # the CPU twin: compiled (or cached) at import
+])
+def test_loader_precompiles_the_kernels_it_launches(monkeypatch, device, backend, expected):
+    calls = []
+    monkeypatch.setattr(loader_mod, "precompile_in_background", lambda *args: calls.append(args) or "thread")
+    fake = types.SimpleNamespace(device=torch.device(device), backend=backend, out_dtype=torch.float16,
+                                 layout="NHWC", image_size=176)
+    assert loader_mod.DaliMixupLoader._precompile(fake) == ("thread" if expected else None)
+    assert calls == expected

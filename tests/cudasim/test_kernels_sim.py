@@ -156,3 +156,16 @@ def test_precompile_is_idempotent_and_thread_safe():
     assert kcuda.precompile(pm.OUT_BF16, False, 8, device=0) == ("mix_images_bf16_nhwc_vec4", "soft_targets")
     with pytest.raises(ValueError, match="out_kind"):
         kcuda.precompile(out_kind=7)
+
+
+def test_precompile_in_background_readies_the_loader_kernels():
+    import torch
+    from dali_mixup import mixing
+
+    thread = mixing.precompile_in_background(torch.bfloat16, "NHWC", 12, 0)
+    thread.join(timeout=300)
+    assert not thread.is_alive() and thread.error is None
+    assert ("mix_images_bf16_nhwc_vec4", None) in kcuda._compiled and ("soft_targets", None) in kcuda._compiled
+    bad = mixing.precompile_in_background(torch.float16, "NCHW", 12, 99)  # no such device: kept, not raised
+    bad.join(timeout=300)
+    assert bad.error is not None

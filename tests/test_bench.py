@@ -1,0 +1,78 @@
+"""`dali-mixup bench` and its photo-like sample data: structure and settings, never timings."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dali_mixup import bench
+from dali_mixup.cli import main
+from dali_mixup.sample_data import PHOTOS, make_photo_data
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return make_photo_data(tmp_path_factory.mktemp("photos"), per_class=3, seed=1)
+
+
+def test_photo_data_is_an_imagefolder_of_imagenet_sized_jpegs(photos):
+    files = sorted((photos / "train").glob("*/*.jpg"))
+    assert sorted(p.name for p in (photos / "train").iterdir()) == sorted(PHOTOS)
+    assert len(files) == 3 * len(PHOTOS)
+    for path in files:
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and img.mode == "RGB"
+            assert 400 <= max(img.size) <= 500 and max(img.size) / min(img.size) <= 1.51
+            pixels = np.asarray(img, np.float32)
+        assert pixels.std() > 10  # a photograph, not a flat fill
+
+
+def test_photo_data_is_deterministic_per_seed(photos, tmp_path):
+    again = make_photo_data(tmp_path / "again", per_class=3, seed=1)
+    for path in (photos / "train").glob("*/*.jpg"):
+        assert path.read_bytes() == (again / path.relative_to(photos)).read_bytes()
+
+
+def test_photo_data_refuses_a_bad_count(tmp_path):
+    with pytest.raises(ValueError, match="per_class"):
+        make_photo_data(tmp_path, per_class=0)
+
+
+def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--data", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
+                 "--image-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
+                 "--dtype", "float16", "--configs", "fused", "dali-nomix", "torch+timm", "--json", str(out),
+                 "--conditions", "test"]) == 0
+    report = json.loads(out.read_text())
+    assert report["dtype"] == "float16" and report["repetitions"] == 2 and report["conditions"] == "test"
+    assert list(report["results"]) == ["fused", "dali-nomix", "torch+timm"]
+    assert report["not_run"] == ["dali-ops", "dali+timm"]
+    for name, r in report["results"].items():
+        assert len(r["per_repetition"]) == 2 and r["img_per_s_min"] <= r["img_per_s_median"] <= r["img_per_s_max"]
+        for key in ("wait", "epilogue", "rest", "cpu"):
+            assert r[f"{key}_ms_per_batch"] >= 0
+        assert r["ours_over_this_paired_min"] <= r["ours_over_this_paired_max"]
+    assert report["results"]["fused"]["ours_over_this"] == 1.0
+    assert set(report["goals"]) == {"dali-nomix", "torch+timm"}
+    assert all(g["goal"] == bench.GOALS["cpu"][name] for name, g in report["goals"].items())
+    assert out.with_suffix(".md").read_text().startswith("Measured")
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_refuses_an_unknown_configuration(capsys):
+    assert main(["bench", "--data", "/nonexistent", "--configs", "fused", "nope"]) == 1
+    assert "unknown ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--warmup", "-1"], ["--batches", "0"], ["--dtype", "int8"]])
+def test_bench_refuses_bad_numbers_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench"] + argv)
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_bench_names_a_missing_data_folder(tmp_path, capsys):
+    assert main(["bench", "--data", str(tmp_path / "missing"), "--configs", "fused"]) == 1
+    assert "not a directory" in capsys.readouterr().err
