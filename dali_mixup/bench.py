@@ -92,7 +92,8 @@ def _timm_mixer(num_classes):
 
 def _dali_session(data, backend, args, device, num_classes, timm_mix=False) -> _Session:
     """in: ImageFolder, backend fused|none|dali -> out: a session over ``create_dali_loader``; the DALI
-    iterator inside it is timed (the loader's ``_iter``), the rest of the loader's ``__next__`` is epilogue."""
+    iterator inside it (the loader's ``_iter``, each epoch's) and the start of each epoch's pipeline are timed as
+    the producer, the rest of the loader's ``__next__`` is epilogue."""
     from . import loader as loader_module
     from .config import MixupConfig
     cfg = MixupConfig(num_classes, **_MIX)
@@ -100,9 +101,24 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False) -> _
         data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
         mixup=None if backend == "none" else cfg, backend=backend, device=device, num_threads=args.threads,
         seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False))
-    if not hasattr(loader, "_iter"):
-        raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter; update bench.py")
+    if not all(hasattr(loader, name) for name in ("_iter", "_use", "_start_pass")):
+        raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter (set by ._use, "
+                           "each pass started by ._start_pass); update bench.py")
     clock = _Clock()
+
+    def timed_use(built, use=loader._use):  # every pipeline the loader takes on: its iterator timed
+        use(built)
+        if loader._iter is not None:
+            loader._iter = _TimedIterator(loader._iter, clock)
+
+    def timed_start(start=loader._start_pass):  # a new epoch's pipeline (made or waited for): the producer's
+        t = time.perf_counter()
+        try:
+            start()
+        finally:
+            clock.wait += time.perf_counter() - t
+
+    loader._use, loader._start_pass = timed_use, timed_start
     loader._iter = _TimedIterator(loader._iter, clock)
     mixer = _timm_mixer(num_classes) if timm_mix else None
     stream = _cycle(lambda: loader)

@@ -53,19 +53,19 @@ def _parse_cls(cls_bytes, num_classes):
 
 class MixParamSource:
     """External source of the ``dali`` backend: per batch, the parameters of ``sample_params`` for the key
-    (seed, epoch, step, rank), as the per-sample arguments DALI's operators take. Called in batch order; the
-    pipeline runs ``runs_per_epoch`` batches per epoch (the last one padded), so the global call index gives
-    (epoch, step). ``position`` is set when resuming."""
+    (seed, epoch, step, rank), as the per-sample arguments DALI's operators take. The pipeline runs
+    ``runs_per_epoch`` batches per epoch (the last one padded), so run k of a pipeline whose first run is the
+    global run ``first_run`` has (epoch, step) = divmod(first_run + k, runs_per_epoch). DALI passes k (its
+    ``BatchInfo.iteration``) and keeps it in its checkpoint, so a pipeline restored from one continues."""
 
-    def __init__(self, cfg: MixupConfig, batch_size: int, size: int, seed: int, rank: int, runs_per_epoch: int):
+    def __init__(self, cfg: MixupConfig, batch_size: int, size: int, seed: int, rank: int, runs_per_epoch: int,
+                 first_run: int = 0):
         self.cfg, self.batch_size, self.size = cfg, batch_size, size
-        self.seed, self.rank, self.runs_per_epoch = seed, rank, runs_per_epoch
-        self.position = 0
+        self.seed, self.rank, self.runs_per_epoch, self.first_run = seed, rank, runs_per_epoch, first_run
         self.enabled = lambda epoch: True
 
-    def __call__(self):
-        epoch, step = divmod(self.position, self.runs_per_epoch)
-        self.position += 1
+    def __call__(self, info):
+        epoch, step = divmod(self.first_run + info.iteration, self.runs_per_epoch)
         n, s = self.batch_size, self.size
         cfg = self.cfg if self.enabled(epoch) else MixupConfig(self.cfg.num_classes, mixup_alpha=0.0,
                                                                label_smoothing=self.cfg.label_smoothing)
@@ -159,7 +159,8 @@ def _dali_ops(fn, types, images, labels, flip, source, num_classes, smoothing, m
     if source is None:
         images = fn.crop_mirror_normalize(images, mirror=fn.cast(flip, dtype=types.INT32), **normalize)
         return images, fn.reshape(labels, shape=[]), one_hot
-    partner, lam, cut, ids, anchors, shapes = fn.external_source(source=source, num_outputs=6, batch=True)
+    partner, lam, cut, ids, anchors, shapes = fn.external_source(source=source, num_outputs=6, batch=True,
+                                                                        batch_info=True)
     lam_t, cut_t = lam, cut  # per-sample scalars; arithmetic needs them where the images are
     if images.device == "gpu":
         lam_t, cut_t = lam.gpu(), cut.gpu()

@@ -1,5 +1,6 @@
 """`dali-mixup bench` and its photo-like sample data: structure and settings, never timings."""
 
+import argparse
 import json
 
 import numpy as np
@@ -59,6 +60,18 @@ def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path)
     assert all(g["goal"] == bench.GOALS["cpu"][name] for name, g in report["goals"].items())
     assert out.with_suffix(".md").read_text().startswith("Measured")
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_times_the_producer_of_every_epoch(photos):
+    # each epoch is a new DALI pipeline: its iterator, and the wait for it, must count as the producer's time
+    args = argparse.Namespace(batch_size=4, image_size=32, threads=1, seed=0, dtype="float32")
+    session = bench._dali_session(photos / "train", "none", args, "cpu", len(PHOTOS))
+    per_epoch = 3 * len(PHOTOS) // 4
+    for _ in range(2 * per_epoch + 1):  # into the third epoch's pipeline
+        before = session.clock.wait
+        session.step()
+        assert session.clock.wait > before  # every batch came through a timed producer
+    session.close()
 
 
 def test_bench_refuses_an_unknown_configuration(capsys):

@@ -80,6 +80,25 @@ def test_set_epoch_abandons_another_epoch_and_keeps_a_restored_position(sample):
         restored.set_epoch(-1)
 
 
+def test_next_epoch_pipeline_is_made_during_the_last_batches_and_used_only_for_that_epoch(sample):
+    loader = create_dali_loader(sample / "train", mixup=CFG, seed=4, **COMMON)
+    assert loader._next is None
+    batches = _epoch(loader)  # near the end, the next epoch's pipeline is made while the caller trains
+    epoch, thread, box = loader._next
+    assert epoch == 1 == loader.epoch and len(batches) == len(loader)
+    thread.join()
+    made = box["built"].pipe
+    iter(loader)
+    assert loader._pipe is made and loader._next is None  # taken, not built again
+    _epoch(loader)
+    epoch, thread, box = loader._next
+    assert epoch == 2
+    thread.join()
+    loader.set_epoch(5)  # another epoch: the prepared one is dropped, epoch 5 is built
+    iter(loader)
+    assert loader._pipe is not box["built"].pipe and loader._built_for == 5 and loader._next is None
+
+
 # -- targets and dtype ----------------------------------------------------------------------------------------
 
 def test_index_targets(sample):
