@@ -127,12 +127,20 @@ def _state_after_one_batch(data, **kw):
     (dict(image_size=12), "image_size"), (dict(train=False), "train"), (dict(backend="dali"), "backend"),
     (dict(mixup=dm.MixupConfig(13, mixup_alpha=0.2)), "mixup"), (dict(hflip=0.0), "augment"),
     (dict(scale=(0.5, 1.0)), "augment"), (dict(seed=4), "seed"), (dict(batch_size=3), "batch_size"),
-    (dict(shard_id=0, num_shards=2), "num_shards"),
+    (dict(shard_id=0, num_shards=2), "num_shards"), (dict(auto_augment="ra"), "augment"),
+    (dict(placement="graph"), "placement"),
 ])
 def test_state_saved_with_other_options_is_refused_naming_the_field(indexed13, change, field):
     state = _state_after_one_batch(indexed13)
     other = create_dali_loader(indexed13, **dict(TRAIN, **change))
     with pytest.raises(ValueError, match=f"saved over another stream: {field} was"):
+        other.load_state_dict(state)
+
+
+def test_state_saved_with_other_targets_is_refused(indexed13):
+    state = _state_after_one_batch(indexed13, mixup=None)
+    other = create_dali_loader(indexed13, **dict(TRAIN, mixup=None, targets="index"))
+    with pytest.raises(ValueError, match="saved over another stream: targets was 'soft', this loader has 'index'"):
         other.load_state_dict(state)
 
 
