@@ -38,7 +38,7 @@ def _cuda_kernels():
 
 def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, device_index: int):
     """Start compiling (or loading from numba's on-disk cache) the CUDA kernels ``mix_batch`` will launch for
-    ``out_dtype``/``layout``/``width`` on GPU ``device_index``, in a daemon thread; returns the thread.
+    ``out_dtype``/``layout``/``width`` on GPU ``device_index``, in a thread (joined at exit); returns it.
 
     A loader calls it when it is built, so the compile overlaps DALI's warm-up instead of delaying the first
     batch; a launch that needs a kernel still compiling waits for it (``kernels.cuda.kernel`` is thread-safe).
@@ -52,7 +52,7 @@ def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, de
         except Exception as exc:  # noqa: BLE001 - reported by the first batch's own compile
             thread.error = exc
 
-    thread = threading.Thread(target=run, name="dali-mixup-precompile", daemon=True)
+    thread = threading.Thread(target=run, name="dali-mixup-precompile")  # joined at exit: no compile cut off
     thread.error = None
     thread.start()
     return thread
