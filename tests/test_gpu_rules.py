@@ -60,7 +60,8 @@ def test_batch_handed_to_the_caller_is_covered_by_the_next_calls_event():
     assert ring._held[0][0] is None  # the caller's step that reads it is not queued yet
     ring.hold(("second",), read_by_queued_work=False)
     first_event = ring._held[0][0]
-    assert first_event is not None and first_event.recorded == "stream"  # recorded at the next call, after the caller's step
+    # recorded at the next call, after the caller's step
+    assert first_event is not None and first_event.recorded == "stream"
     first_event.done = True
     ring.hold(("third",), read_by_queued_work=False)
     assert [t for _, (t,) in ring._held] == ["second", "third"]

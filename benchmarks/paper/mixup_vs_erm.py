@@ -13,9 +13,10 @@ with 0 %, 40 % and 80 % of the training labels replaced by uniformly random labe
 corruption; the test set stays clean), over several seeds. Reported per setting: final and best test accuracy,
 and the training accuracy measured against the corrupted labels (memorisation).
 
-    python benchmarks/paper/mixup_vs_erm.py                      # default: digits, 60 epochs, 3 seeds, ~30 min on 2 cores
-    python benchmarks/paper/mixup_vs_erm.py --full               # both datasets, 5 seeds (hours on a CPU)
+    python benchmarks/paper/mixup_vs_erm.py               # default: digits, 60 epochs, 3 seeds, ~30 min on 2 cores
+    python benchmarks/paper/mixup_vs_erm.py --full        # both datasets, 5 seeds (hours on a CPU)
     python benchmarks/paper/mixup_vs_erm.py --out benchmarks/results/paper
+    python benchmarks/paper/mixup_vs_erm.py --noise 0.8 --out part-80   # a part; then --combine part-*.json
 
 Needs scikit-learn (for the digits) besides the project's `[cuda13]` extra.
 """
