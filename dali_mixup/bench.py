@@ -2,6 +2,7 @@
 
 Configurations (B images of image_size², the same dataset, the same threads/workers, the same output dtype):
   fused        ours: DALI decode + crop, the fused mix kernel as the iterator's epilogue
+  fused-graph  ours with placement "graph": the same kernels inside the DALI pipeline (``dali.mix``)
   dali-nomix   the same DALI pipeline without mixing (plain DALI: crop_mirror_normalize in the graph)
   dali-ops     the same DALI pipeline with Mixup/CutMix by DALI's own operators
   dali+timm    plain DALI, then timm's Mixup on the torch tensors (what DLE/timm users do today)
@@ -29,7 +30,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-CONFIGS = ("fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
+CONFIGS = ("fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAMPLES = ("photos", "shapes")
 # ours ÷ configuration, per device kind: the goals of issue #14
@@ -90,7 +91,7 @@ def _timm_mixer(num_classes):
     return Mixup(num_classes=num_classes, **_MIX)
 
 
-def _dali_session(data, backend, args, device, num_classes, timm_mix=False) -> _Session:
+def _dali_session(data, backend, args, device, num_classes, timm_mix=False, placement="epilogue") -> _Session:
     """in: ImageFolder, backend fused|none|dali -> out: a session over ``create_dali_loader``; the DALI
     iterator inside it (the loader's ``_iter``, each epoch's) and the start of each epoch's pipeline are timed as
     the producer, the rest of the loader's ``__next__`` is epilogue."""
@@ -100,7 +101,8 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False) -> _
     loader = loader_module.create_dali_loader(
         data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
         mixup=None if backend == "none" else cfg, backend=backend, device=device, num_threads=args.threads,
-        seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False))
+        seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False),
+        placement=placement)
     if not all(hasattr(loader, name) for name in ("_iter", "_use", "_start_pass")):
         raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter (set by ._use, "
                            "each pass started by ._start_pass); update bench.py")
@@ -307,6 +309,7 @@ def run(args) -> dict:
         raise ValueError(f"--data {data}: no class sub-folders")
     makers = {
         "fused": lambda: _dali_session(data, "fused", args, device, num_classes),
+        "fused-graph": lambda: _dali_session(data, "fused", args, device, num_classes, placement="graph"),
         "dali-nomix": lambda: _dali_session(data, "none", args, device, num_classes),
         "dali-ops": lambda: _dali_session(data, "dali", args, device, num_classes),
         "dali+timm": lambda: _dali_session(data, "none", args, device, num_classes, timm_mix=True),

@@ -215,7 +215,7 @@ def _add_bench_only(p):
     g.add_argument("--batches", type=positive_int, default=40, metavar="N",
                    help="timed batches per configuration per repetition")
     g.add_argument("--configs", nargs="+", metavar="NAME",
-                   default=["fused", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"],
+                   default=["fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"],
                    help="configurations to measure")
     g.add_argument("--json", metavar="FILE", help="also write the results to FILE (and FILE.md, FILE.png beside "
                                                   "it) (default: print only)")
@@ -281,8 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = _subparser(sub, "bench", "loader throughput: ours vs plain DALI, DALI's own ops, DALI + timm, "
-                                 "DataLoader + timm")
+    p = _subparser(sub, "bench", "loader throughput: ours (kernels after the iterator or in the DALI graph) vs "
+                                 "plain DALI, DALI's own ops, DALI + timm, DataLoader + timm")
     _add_data(p, num_classes=False)
     _add_bench_only(p)
     _add_common(p)

@@ -44,11 +44,11 @@ def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path)
     out = tmp_path / "bench.json"
     assert main(["bench", "--data", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
                  "--image-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
-                 "--dtype", "float16", "--configs", "fused", "dali-nomix", "torch+timm", "--json", str(out),
+                 "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm", "--json", str(out),
                  "--conditions", "test"]) == 0
     report = json.loads(out.read_text())
     assert report["dtype"] == "float16" and report["repetitions"] == 2 and report["conditions"] == "test"
-    assert list(report["results"]) == ["fused", "dali-nomix", "torch+timm"]
+    assert list(report["results"]) == ["fused", "fused-graph", "dali-nomix", "torch+timm"]
     assert report["not_run"] == ["dali-ops", "dali+timm"]
     for name, r in report["results"].items():
         assert len(r["per_repetition"]) == 2 and r["img_per_s_min"] <= r["img_per_s_median"] <= r["img_per_s_max"]
