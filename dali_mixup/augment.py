@@ -135,13 +135,15 @@ def _centre_offset(extent, size: int):
     return half + (excess & 1) * (half & 1)
 
 
-def resize_and_centre_crop(images, encoded, *, size: int, shorter: int, interpolation: str):
+def resize_and_centre_crop(images, encoded, *, size: int, shorter: int, interpolation: str,
+                           exif_orientation: bool = False):
     """in: decoded uint8 HWC images and their encoded files -> out: uint8 (size, size, 3): the shorter side
     resized to ``shorter`` and the longer as torchvision's (and timm's) Resize(int) sizes it, then the centre
     crop with CenterCrop's rounding, so the pixels line up with theirs. The sizes come from the files' headers
-    (``peek_image_shape``, on the CPU), so the same graph serves GPU-decoded images."""
+    (``peek_image_shape``, on the CPU), so the same graph serves GPU-decoded images; ``exif_orientation`` must be
+    the decoder's (a rotated image has its sides swapped)."""
     from nvidia.dali import fn, types
-    shape = fn.peek_image_shape(encoded, dtype=types.INT32)
+    shape = fn.peek_image_shape(encoded, dtype=types.INT32, adjust_orientation=exif_orientation)
     height, width = shape[0], shape[1]
     new_h, new_w = _resized_side(height, width, shorter), _resized_side(width, height, shorter)
     images = fn.resize(images, resize_x=fn.cast(new_w, dtype=types.FLOAT), resize_y=fn.cast(new_h, dtype=types.FLOAT),

@@ -26,6 +26,7 @@ from . import augment as aug
 from .config import MixupConfig
 from .dali import import_dali
 from .datasets import Dataset
+from .order import reorder
 from .params import sample_params
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label
 
@@ -36,7 +37,7 @@ DALI_SEED_MAX = 2**63 - 1
 
 # Preallocation hints of DALI's ResNet-50 example, for the mixed (GPU) decoder.
 _GPU_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512, hw_decoder_load=0.65)
-_SHUFFLE_BUFFER = 1024
+_SHUFFLE_BUFFER = 1024  # WebDataset only: samples shuffled within this buffer (a tar is read in order)
 
 
 def pipeline_seed(seed: int, shard_id: int) -> int:
@@ -93,9 +94,16 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                    prefetch_queue_depth: int = 2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
                    interpolation: str = "bilinear", color_jitter=None, auto_augment: Optional[str] = None,
                    re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1, crop_pct: float = 0.875,
-                   val_resize_size: Optional[int] = None, mix_step: Optional[Callable] = None):
+                   val_resize_size: Optional[int] = None, mix_step: Optional[Callable] = None,
+                   order: Optional[np.ndarray] = None, exif_orientation: bool = False):
     """Build (not yet started) the DALI pipeline of one split. See the module docstring for its outputs; the
     augmentation options are ``augment.check_augment``'s (validated there).
+
+    ``order``: a permutation of the files (ImageFolder, file list) or of the shards (WebDataset) that the reader
+    reads in (``order.epoch_order``), or None: the dataset's order. Files are read exactly in it (reader shuffle
+    off); WebDataset shards are read in it and their samples shuffled in a ``_SHUFFLE_BUFFER`` buffer (training).
+    ``exif_orientation``: rotate/flip images by their EXIF orientation tag when decoding (DALI's default); False,
+    torchvision's ``ImageFolder`` behaviour (PIL's loader ignores the tag): the pixels as stored.
 
     ``mix_step``: backend "fused" only, callable(images, labels, flip=) -> (images, targets) DataNodes that mixes
     inside the graph (a ``dali.mix`` with its arguments bound); None: the iterator's epilogue mixes."""
@@ -104,7 +112,7 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                    re_prob=re_prob, re_mode=re_mode, re_count=re_count)
     decode_device = "mixed" if device == "gpu" else "cpu"
     hints = _GPU_DECODER_HINTS if device == "gpu" else {}
-    reader_seed = seed  # the same file order on every rank (shards are slices of it); augmentations per rank
+    reader_seed = seed  # WebDataset: the same shuffle on every rank (shards are slices of it); augmentations per rank
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   seed=pipeline_seed(seed, shard_id), enable_checkpointing=True,
@@ -112,26 +120,35 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                   enable_conditionals=train and aug.needs_conditionals(augment))
     def graph():
         common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
-                      seed=reader_seed, random_shuffle=train, initial_fill=_SHUFFLE_BUFFER)
+                      seed=reader_seed)
         if dataset.kind == "webdataset":
-            encoded, cls = fn.readers.webdataset(paths=dataset.shards, ext=[WDS_IMAGE_EXT, WDS_LABEL_EXT],
-                                                 missing_component_behavior="skip", **common)
+            paths = reorder(dataset.shards, order) if order is not None else dataset.shards
+            encoded, cls = fn.readers.webdataset(paths=paths, ext=[WDS_IMAGE_EXT, WDS_LABEL_EXT],
+                                                 missing_component_behavior="skip", random_shuffle=train,
+                                                 initial_fill=_SHUFFLE_BUFFER, **common)
             # member groups with neither an image nor a label are skipped (the scan counts them as ignored; it
             # refuses a sample with one and not the other), so the reader's count equals the scan's
             labels = fn.python_function(cls, function=partial(_parse_cls, num_classes=num_classes), num_outputs=1)
         else:
-            encoded, labels = fn.readers.file(files=dataset.files, labels=dataset.labels, **common)
+            files, file_labels = dataset.files, dataset.labels
+            if order is not None:
+                files, file_labels = reorder(files, order), reorder(file_labels, order)
+            # files=: every path as given (a file_list would drop lines starting with '#'); the order is ours
+            encoded, labels = fn.readers.file(files=files, labels=file_labels, random_shuffle=False, **common)
         if train:
             images = fn.decoders.image_random_crop(encoded, device=decode_device, output_type=types.RGB,
                                                    random_area=tuple(scale), random_aspect_ratio=tuple(ratio),
-                                                   num_attempts=10, **hints)
+                                                   num_attempts=10, adjust_orientation=exif_orientation,
+                                                   **hints)
             images = aug.resize(images, size=image_size, interpolation=interpolation)
             flip = fn.random.coin_flip(probability=hflip, dtype=types.BOOL)
             images = aug.train_augment(images, size=image_size, augment=augment, mean=mean, std=std)
         else:
-            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB, **hints)
+            images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB,
+                                       adjust_orientation=exif_orientation, **hints)
             images = aug.resize_and_centre_crop(images, encoded, size=image_size, interpolation=interpolation,
-                                                shorter=aug.eval_resize_size(image_size, crop_pct, val_resize_size))
+                                                shorter=aug.eval_resize_size(image_size, crop_pct, val_resize_size),
+                                                exif_orientation=exif_orientation)
             flip = fn.random.coin_flip(probability=0.0, dtype=types.BOOL)
         labels = fn.cast(labels, dtype=types.INT64)
         if backend == "fused":
