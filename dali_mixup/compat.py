@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from .config import MixupConfig
+from .datasets import find_classes
 from .loader import DaliMixupLoader, create_dali_loader
 
 __all__ = ["from_timm_args", "from_torchvision_args"]
@@ -81,7 +82,8 @@ def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Ma
     in: ``args`` (train.py's parsed namespace), ``data_config`` (``resolve_data_config(vars(args), model=model)``:
     input_size, interpolation, mean, std, crop_pct), ``mixup_args`` (train.py's dict; empty or None: no mixing),
     ``data`` (the split's folder, file list or shards, or timm's folder dataset for it); ``overrides``: any
-    create_dali_loader argument (e.g. ``out_dtype``, ``layout``).
+    create_dali_loader argument (e.g. ``out_dtype``, ``layout``; for the eval loader
+    ``classes=loader_train.dataset.classes``, so val/'s folders are numbered as train/'s).
     -> training: timm's random-resized crop (``--scale``, ``--ratio``), ``--hflip``, ``--train-interpolation``,
     ``--aa``, ``--color-jitter`` (off under ``--aa``, as in timm), ``--reprob``/``--remode``/``--recount``, and
     Mixup/CutMix from ``mixup_args`` with ``--mixup-off-epoch``; targets soft when mixing, else class indices
@@ -133,11 +135,16 @@ def _torchvision_eval(args) -> dict:
                 interpolation=preset.interpolation.value, mean=tuple(preset.mean), std=tuple(preset.std))
 
 
-def _class_folders(data) -> int:
+def _class_folders(data, classes) -> int:
+    """The number of classes: that of ``classes`` (names, or a dict name -> index) when given, else the class
+    folders of ``data`` (the loader's rule: folders whose name starts with "." are not classes)."""
+    if classes is not None:
+        return max(classes.values()) + 1 if isinstance(classes, Mapping) and classes else len(classes)
     if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
-        count = sum(1 for entry in os.scandir(data) if entry.is_dir())
-        if count:
-            return count
+        try:
+            return len(find_classes(data))
+        except ValueError:
+            pass
     raise ValueError(f"data={data!r}: give num_classes (no class sub-folders to count)")
 
 
@@ -146,7 +153,9 @@ def from_torchvision_args(args, *, train: bool, data, num_classes: Optional[int]
     """The train or eval loader torchvision's ``references/classification/train.py`` would build.
 
     in: ``args`` (the script's parsed namespace), ``data`` (``train_dir`` / ``val_dir``, or its ImageFolder),
-    ``num_classes`` (default: the class folders of ``data``); ``overrides``: any create_dali_loader argument.
+    ``num_classes`` (default: the class folders of ``data``, or the number of ``classes``); ``overrides``: any
+    create_dali_loader argument — for the eval loader, ``classes=data_loader.dataset.classes`` numbers val/'s
+    folders as train/'s (torchvision's script numbers them apart: a val/ lacking a class shifts later labels).
     -> training: random-resized crop to ``--train-crop-size`` with ``--interpolation``, flip 0.5,
     ``--auto-augment`` (ra, ta_wide, imagenet, cifar10, svhn; augmix refused), ``--random-erase`` (torchvision's
     constant fill), and ``--mixup-alpha``/``--cutmix-alpha`` (one of the two per batch, as the script's
@@ -157,7 +166,7 @@ def from_torchvision_args(args, *, train: bool, data, num_classes: Optional[int]
     """
     _refuse(_TORCHVISION_UNSUPPORTED, args, "torchvision")
     data = _source(data)
-    num_classes = num_classes if num_classes is not None else _class_folders(data)
+    num_classes = num_classes if num_classes is not None else _class_folders(data, overrides.get("classes"))
     kw = dict(num_classes=num_classes, batch_size=args.batch_size, num_threads=max(1, args.workers),
               **_device(getattr(args, "device", None)))
     if train:

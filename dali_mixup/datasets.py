@@ -15,14 +15,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label, scan_shard, scan_shard_images
 
-__all__ = ["IMAGE_EXTENSIONS", "Dataset", "find_dataset", "find_corrupt", "without_corrupt", "diagnose",
-           "WDS_IMAGE_EXT", "WDS_LABEL_EXT"]
+__all__ = ["IMAGE_EXTENSIONS", "Dataset", "find_dataset", "find_classes", "find_corrupt", "without_corrupt",
+           "diagnose", "WDS_IMAGE_EXT", "WDS_LABEL_EXT"]
 
 log = logging.getLogger("dali_mixup")
 
@@ -54,7 +54,8 @@ _NOT_READ = {  # what an ImageFolder leaves out on purpose (counted in Dataset, 
 class Dataset:
     """The samples of one split.
 
-    kind "files" (ImageFolder or file list): ``files`` and ``labels`` (int), ``classes`` for ImageFolder.
+    kind "files" (ImageFolder or file list): ``files`` and ``labels`` (int), ``classes`` for ImageFolder (the
+    class names by index: the sorted class folders, or the names of a ``classes=`` numbering).
     kind "webdataset": ``shards`` (tar paths), ``shard_sizes`` (samples per shard), ``labels`` in sample order
     (read from the ``.cls`` members).
     Counted, not read: ``ignored`` (files, or tar members, that are not images or labels), ``hidden`` (entries of
@@ -247,12 +248,55 @@ def _class_folders(root: Path, counts: Dict[str, list]) -> List[str]:
     return classes
 
 
-def _image_folder(root: Path, skip_empty: bool) -> Dataset:
+def find_classes(root: Union[str, os.PathLike]) -> List[str]:
+    """in: an ImageFolder -> out: its class names, sorted, as the loader numbers them (torchvision's
+    ``find_classes`` rule, except that folders whose name starts with "." are not classes: ``.ipynb_checkpoints``,
+    ``.snapshot``). The one rule for the loader, ``dali-mixup train`` and the ``compat`` builders."""
+    return _class_folders(Path(root), {"ignored": [], "hidden": [], "relinked": []})
+
+
+def _numbering(classes, num_classes: Optional[int]) -> Dict[str, int]:
+    """``classes=`` (a sequence of names, or a mapping name -> index) checked -> out: name -> index."""
+    if isinstance(classes, Mapping):
+        numbering = dict(classes)
+    elif isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise TypeError(f"classes must be a sequence of class names or a dict name -> index, got "
+                        f"{type(classes).__name__}")
+    else:
+        numbering = {}
+        for i, name in enumerate(classes):
+            if name in numbering:
+                raise ValueError(f"classes names {name!r} twice (positions {numbering[name]} and {i})")
+            numbering[name] = i
+    if not numbering:
+        raise ValueError("classes is empty")
+    for name, index in numbering.items():
+        if not isinstance(name, str):
+            raise TypeError(f"classes: class names must be str, got {name!r}")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
+            raise ValueError(f"classes: the index of {name!r} must be an int >= 0, got {index!r}")
+        if num_classes is not None and index >= num_classes:
+            raise ValueError(f"classes: the index of {name!r} is {index}, out of range for num_classes={num_classes}")
+    return {name: int(index) for name, index in numbering.items()}
+
+
+def _image_folder(root: Path, skip_empty: bool, classes=None, num_classes: Optional[int] = None) -> Dataset:
     counts: Dict[str, list] = {"ignored": [], "hidden": [], "relinked": []}
-    classes = _class_folders(root, counts)  # torchvision's ImageFolder numbering: sorted names
+    folders = _class_folders(root, counts)  # torchvision's ImageFolder numbering: sorted names
+    if classes is None:
+        numbering, classes = {name: i for i, name in enumerate(folders)}, folders
+    else:
+        numbering = _numbering(classes, num_classes)
+        unknown = [name for name in folders if name not in numbering]
+        if unknown:
+            raise ValueError(f"{root / unknown[0]}: a class folder that classes= does not name ({len(numbering)} "
+                             f"classes, e.g. {_name_some(sorted(numbering))}); its samples would get no label"
+                             + (f" (and {len(unknown) - 1} more such folders)" if len(unknown) > 1 else ""))
+        classes = sorted(numbering, key=lambda name: (numbering[name], name))
     files, labels = [], []
-    seen = {_identity(str(root))} | {_identity(str(root / name)) for name in classes}
-    for label, name in enumerate(classes):
+    seen = {_identity(str(root))} | {_identity(str(root / name)) for name in folders}
+    for name in folders:
+        label = numbering[name]
         found = _walk_class(str(root / name), seen, counts)
         if not found:
             raise ValueError(f"{root / name}: class folder with no images (no file ends in "
@@ -292,7 +336,7 @@ def _file_list(path: Path, num_classes: Optional[int], skip_empty: bool) -> Data
     files, labels, where, ignored = [], [], [], 0
     for lineno, line in enumerate(_list_text(path).splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line:  # no comments: '#12.jpg 3' is a file named '#12.jpg' (a '# note' line is an error naming it)
             continue
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2:
@@ -365,7 +409,7 @@ def _shards_in(path: Path, entries: List[os.DirEntry]) -> Optional[List[str]]:
 
 
 def find_dataset(data: Union[str, os.PathLike, Sequence[str]], num_classes: Optional[int] = None, *,
-                 skip_empty: bool = False) -> Dataset:
+                 skip_empty: bool = False, classes: Union[None, Sequence[str], Mapping[str, int]] = None) -> Dataset:
     """The samples named by ``data``, every file checked (exists, readable, regular, not empty, UTF-8 name).
 
     ``data``: an ImageFolder-style directory (``<class>/<image>``, labels numbered as torchvision numbers
@@ -373,11 +417,18 @@ def find_dataset(data: Union[str, os.PathLike, Sequence[str]], num_classes: Opti
     per line, relative paths from the list's folder), WebDataset shards (a ``.tar`` path, a glob such as
     ``shards/train-*.tar``, a list of tar paths, or a directory holding tar files; image + ``.cls`` per sample).
     ``skip_empty``: leave empty (0-byte) images out, counted in ``skipped``, instead of raising.
+    ``classes``: ImageFolder only, the class numbering (names by index, or a dict name -> index; see
+    ``create_dali_loader``) instead of the folders' own: a class folder it does not name is an error.
 
     Raises ``TypeError`` for a ``data`` of another type, ``FileNotFoundError``/``PermissionError``/``ValueError``
     naming the path for a missing, unreadable, empty or image-less source, and ``ValueError`` naming the sample
     if a label is negative or >= ``num_classes``.
     """
+    named = os.fsdecode(data) if isinstance(data, (str, bytes, os.PathLike)) else ""
+    if classes is not None and (isinstance(data, (list, tuple)) or named.endswith(".tar")
+                                or (any(ch in named for ch in "*?[") and not os.path.exists(named))):
+        raise ValueError(f"classes: applies to ImageFolder data; data={data!r} names WebDataset shards, whose "
+                         ".cls labels are class indices already")
     if isinstance(data, (list, tuple)):
         if not all(isinstance(p, (str, os.PathLike)) for p in data):
             raise TypeError("data as a list must hold WebDataset shard paths (str or os.PathLike)")
@@ -399,7 +450,11 @@ def find_dataset(data: Union[str, os.PathLike, Sequence[str]], num_classes: Opti
         if not entries:
             raise ValueError(f"{path}: the directory is empty")
         shards = _shards_in(path, entries)
-        ds = _webdataset(shards, str(path), num_classes) if shards else _image_folder(path, skip_empty)
+        if shards and classes is not None:
+            raise ValueError(f"classes: applies to ImageFolder data; {path} is a folder of WebDataset shards, whose "
+                             ".cls labels are class indices already")
+        ds = _webdataset(shards, str(path), num_classes) if shards else _image_folder(path, skip_empty, classes,
+                                                                                    num_classes)
     elif path.suffix == ".tar":
         ds = _webdataset([str(path)], str(path), num_classes)
     elif _is_image(path.name):
@@ -407,7 +462,10 @@ def find_dataset(data: Union[str, os.PathLike, Sequence[str]], num_classes: Opti
                          "folder), a file list or WebDataset shards")
     else:
         ds = _file_list(path, num_classes, skip_empty)
-    if num_classes is not None and ds.classes is not None and len(ds.classes) > num_classes:
+    if classes is not None and ds.classes is None:
+        raise ValueError(f"classes: applies to ImageFolder data; {ds.source} is a file list, whose labels are "
+                         "class indices already")
+    if num_classes is not None and classes is None and ds.classes is not None and len(ds.classes) > num_classes:
         raise ValueError(f"{ds.source}: {len(ds.classes)} class folders but num_classes={num_classes}")
     return ds
 

@@ -105,6 +105,12 @@ def _groups(shard: str, num_classes: Optional[int]) -> List[_Sample]:
             groups.append(_Sample(key))
         sample = groups[-1]
         sample.members.append(member.name)
+        if "path" in member.pax_headers:
+            raise ValueError(f"{shard}: member {member.name!r} has its name in a PAX extended header (Python "
+                             "tarfile's default format writes one for a name over 100 characters or not ASCII); "
+                             "DALI's webdataset reader does not read PAX headers and would find no samples: write "
+                             "the shard in GNU format (tarfile.open(..., format=tarfile.GNU_FORMAT), or "
+                             "tar --format=gnu)")
         if ext == WDS_LABEL_EXT:
             text = tar.extractfile(member).read().decode("ascii", "replace")
             sample.label = parse_label(text, f"{shard}: {member.name}", num_classes)

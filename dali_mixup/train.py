@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 import dali_mixup as dm
 from . import loader as _loader
+from .datasets import find_classes
 
 log = logging.getLogger("dali_mixup")
 
@@ -65,11 +66,12 @@ def find_splits(data: Optional[str], val_data: Optional[str]) -> Tuple[Path, Opt
 
 
 def count_classes(folder: Path) -> int:
-    """in: an ImageFolder -> out: its number of class folders (an error naming the folder when it has none)."""
-    count = sum(1 for p in folder.iterdir() if p.is_dir())
-    if count < 1:
-        raise ValueError(f"--data {folder}: no class folders to count; give --num-classes")
-    return count
+    """in: an ImageFolder -> out: its number of classes, by the loader's rule (``datasets.find_classes``: hidden
+    folders are not classes); an error naming the folder when it has none."""
+    try:
+        return len(find_classes(folder))
+    except ValueError:
+        raise ValueError(f"--data {folder}: no class folders to count; give --num-classes") from None
 
 
 def mixup_config(args, num_classes: int) -> Optional[dm.MixupConfig]:
@@ -337,9 +339,9 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
         off = args.mixup_off_epoch
         train_loader.mixup_schedule = lambda epoch: epoch < off
     val_loader = None
-    if val_dir is not None:
-        val_loader = _loader.create_dali_loader(val_dir, train=False, **common,
-                                                **getattr(args, "eval_loader_options", {}))
+    if val_dir is not None:  # numbered by the training classes' names (a class missing from val/ shifts nothing)
+        val_loader = _loader.create_dali_loader(val_dir, train=False, classes=train_loader.dataset.classes,
+                                                **common, **getattr(args, "eval_loader_options", {}))
     model = build_model(args.model, num_classes).to(ctx.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -421,9 +423,11 @@ def _clock(seconds: float) -> str:
 
 
 def train_one_epoch(trainer: Trainer, epoch: int, progress: Optional[Progress] = None) -> dict:
-    """in: a Trainer, the epoch number, a Progress or None -> out: {"train_loss", "img_per_s", "seconds"} of
-    the epoch, summed over ranks (at most ``steps_per_epoch`` steps)."""
+    """in: a Trainer, the epoch number, a Progress or None -> out: {"train_loss", "img_per_s", "seconds",
+    "steps"} of the epoch, summed over ranks (at most ``steps_per_epoch`` steps; the loss is NaN when no step
+    was taken). The loader is set to ``epoch`` first: an epoch cut short by --max-steps is not continued."""
     t = trainer
+    t.train_loader.set_epoch(epoch)
     t.net.train()
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=t.ctx.device)
@@ -451,7 +455,8 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: Optional[Progress] =
         progress.close()
     seconds = time.perf_counter() - t0
     total_loss, total_steps, total_seen = _reduce([float(loss_sum), steps, seen], t.ctx.device)
-    return {"train_loss": total_loss / max(total_steps, 1), "img_per_s": total_seen / seconds, "seconds": seconds}
+    loss = total_loss / total_steps if total_steps else float("nan")
+    return {"train_loss": loss, "img_per_s": total_seen / seconds, "seconds": seconds, "steps": int(total_steps)}
 
 
 def evaluate(trainer: Trainer) -> Tuple[float, float]:
@@ -488,7 +493,9 @@ def record(trainer: Trainer, epoch: int, stats: dict, top1: Optional[float], top
                val_top5=_finite(top5), lr=trainer.optimizer.param_groups[0]["lr"],
                img_per_s=_finite(stats["img_per_s"]), seconds=stats["seconds"])
     trainer.history.append(row)
-    if row["train_loss"] is None:
+    if stats.get("steps", 1) == 0:
+        log.warning("epoch %d: no training step was taken (no loss to record)", epoch)
+    elif row["train_loss"] is None:
         log.warning("epoch %d: the training loss is not finite (diverged? try a lower --lr)", epoch)
     is_best = row["val_top1"] is not None and (trainer.best is None or row["val_top1"] > trainer.best["top1"])
     if is_best:
@@ -636,7 +643,8 @@ def _fit(trainer: Trainer, args, out: Path, started: float) -> None:
                     tb.add_scalar(k, t.history[-1][k], epoch)
         row = t.history[-1]
         val = "no validation" if row["val_top1"] is None else f"val top-1 {top1:.2f} top-5 {top5:.2f}"
-        loss = "not finite" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+        loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else (
+            "none (no steps)" if stats.get("steps", 1) == 0 else "not finite")
         print(f"epoch {epoch}: train loss {loss}, {val}, {stats['img_per_s']:.0f} img/s", flush=True)
     if ctx.is_main:
         if tb is not None:

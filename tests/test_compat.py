@@ -126,7 +126,8 @@ def test_from_timm_args_reads_timm_s_options(sample):
     assert loader.mixup == dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1)
     assert loader.augment == dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, interpolation="random",
                                   color_jitter=(0.4, 0.4, 0.4, 0.0), auto_augment=None, re_prob=0.25,
-                                  re_mode="pixel", re_count=1, crop_pct=0.875, val_resize_size=None)
+                                  re_mode="pixel", re_count=1, crop_pct=0.875, val_resize_size=None,
+                                  exif_orientation=False)
     assert (loader.image_size, loader.seed, loader.out_dtype) == (32, 42, torch.float32)
     assert loader.mixup_schedule(4) and not loader.mixup_schedule(5)  # --mixup-off-epoch
     images, targets = next(iter(loader))

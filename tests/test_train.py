@@ -241,3 +241,20 @@ def test_summary_never_holds_nan(tmp_path):
     saved = _no_nan((tmp_path / "summary.json").read_text())
     assert saved["history"][0]["train_loss"] is None and saved["final"]["top1"] is None and saved["best"] is None
     assert saved["wall_time_s"] == 2.0 and saved["complete"]
+
+
+def test_max_steps_trains_every_epoch_from_its_start(data, tmp_path):
+    """--max-steps 3 over 6 batches an epoch: every epoch takes its own first 3 batches (main continued the cut
+    epoch instead, so the third epoch trained 0 steps and recorded "train loss 0.0000")."""
+    args = _args(data, tmp_path, "--max-steps", "3", "--epochs", "3")
+    ctx = train.setup("cpu")
+    train_dir, val_dir = train.find_splits(args.data, None)
+    t = train.build(args, ctx, train_dir, None, train.count_classes(train_dir))
+    assert len(t.train_loader) == 6 and t.steps_per_epoch == 3
+    for epoch in range(3):
+        stats = train.train_one_epoch(t, epoch)
+        assert stats["steps"] == 3 and math.isfinite(stats["train_loss"]) and t.train_loader.epoch == epoch
+        train.record(t, epoch, stats, None, None)
+    empty = {"train_loss": float("nan"), "img_per_s": 0.0, "seconds": 0.1, "steps": 0}
+    train.record(t, 3, empty, None, None)
+    assert t.history[-1]["train_loss"] is None  # no steps: nothing recorded as a loss
