@@ -18,7 +18,7 @@ import os
 import threading
 import warnings
 from functools import partial
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from .augment import check_augment
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch, precompile_in_background
+from .order import epoch_order
 from .params import sample_params
 from .dali import import_dali
 from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
@@ -42,7 +43,9 @@ TARGETS = ("soft", "index")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
-_STATE_FORMAT = 2  # state_dict layout: 2 = {"format", "identity", "epoch", "step", "in_epoch", ...}
+# state_dict layout: {"format", "identity", "epoch", "step", "in_epoch", ...}; 3: an epoch reads a permutation
+# of the whole dataset keyed by (seed, epoch) (format 2 read a fixed order through DALI's shuffle buffer)
+_STATE_FORMAT = 3
 
 
 def _integer(name, value, low=1, high=None):
@@ -140,6 +143,17 @@ class _InFlight:
             self._held.popleft()[0].synchronize()  # returns at once when the event has completed
 
 
+class _Position(NamedTuple):
+    """Where the stream of batches handed out stands: what ``state_dict`` saves (``dali``: the pipeline's DALI
+    checkpoint at that point, or None where none was taken)."""
+
+    epoch: int
+    step: int
+    in_epoch: bool
+    mixup_enabled: bool
+    dali: Optional[str]
+
+
 class _Built(NamedTuple):
     """A DALI pipeline made for one epoch, with its iterator and (backend "dali") its parameter source."""
 
@@ -226,6 +240,10 @@ class DaliMixupLoader:
         self.mixup_schedule: Optional[Callable[[int], bool]] = None
         self.epoch = 0
         self.step = 0
+        self._stopped = False  # StopIteration was raised: next() raises it again until a new iter(loader)
+        self._lock = threading.RLock()  # next(), iter(), set_epoch() and the state: one thread at a time
+        self._running = None  # the thread inside next(); _before: the position when that next() began
+        self._before = self._restart = None  # _restart: a next() was interrupted: go on from that _Position
         self._in_epoch = False
         self._in_flight = _InFlight(_PREFETCH_DEPTH + 2, self.device) if self.device.type == "cuda" else None
         self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
@@ -253,11 +271,14 @@ class DaliMixupLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (a pass under way that is another epoch's is abandoned; the same
-        epoch's continues, so a loader restored mid-epoch by ``load_state_dict`` keeps its place)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        epoch's continues, so a loader restored mid-epoch by ``load_state_dict`` keeps its place). ``epoch``: an
+        int or NumPy integer >= 0."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        if epoch != self.epoch:
-            self.epoch, self.step, self._in_epoch = epoch, 0, False
+        with self._lock:
+            self._refuse_reentry("set_epoch()")
+            if int(epoch) != self.epoch:
+                self.epoch, self.step, self._in_epoch, self._restart = int(epoch), 0, False, None
 
     # -- construction -----------------------------------------------------------------------------------------
     def _check_fits(self):
@@ -295,6 +316,14 @@ class DaliMixupLoader:
             return self.seed
         return int(np.random.SeedSequence((self.seed, epoch)).generate_state(1)[0] >> 2)
 
+    def _reader_order(self, epoch: int) -> Optional[np.ndarray]:
+        """Training: the permutation of the files (of the shards, for WebDataset) that ``epoch`` reads, keyed by
+        (seed, epoch) and the same on every rank (each reads its slice); evaluation: None (the dataset's order)."""
+        if not self.train:
+            return None
+        units = len(self.dataset.shards) if self.dataset.kind == "webdataset" else len(self.dataset)
+        return epoch_order(units, self.seed, epoch)
+
     def _make_pipeline(self, epoch: int, checkpoint: Optional[str] = None, first_batch: bool = False) -> _Built:
         """A new pipeline and iterator for ``epoch``, from its start or, given ``checkpoint`` (a DALI checkpoint
         of that epoch's pipeline), where that one was; ``first_batch``: run it up to its first batch (and fill
@@ -316,7 +345,7 @@ class DaliMixupLoader:
             mix_source=source, num_classes=self.num_classes,
             label_smoothing=self._no_mix.label_smoothing, mean=self.mean, std=self.std,
             out_dtype=_DTYPE_NAMES[self.out_dtype], layout=self.layout, checkpoint=checkpoint,
-            mix_step=self._mix_step(epoch), **self.augment)
+            mix_step=self._mix_step(epoch), order=self._reader_order(epoch), **self.augment)
         outputs = ["images", "labels", "targets" if self._mixed_in_graph else "flip"]
         # PARTIAL for training too: the loader stops after len(self) full batches and drops the pipeline
         # (DROP would yield the full batches of this rank's shard, one more than a smaller shard's ranks get)
@@ -394,24 +423,69 @@ class DaliMixupLoader:
         return self._batches()
 
     def __iter__(self):
-        if self._in_epoch:
-            return self  # resumed (or interrupted) mid-epoch: continue it
+        """Start a pass (``self.epoch``'s), or continue the one under way (resumed, or left with ``break``)."""
+        with self._lock:
+            self._refuse_reentry("iter()")
+            self._stopped = False
+            if not self._in_epoch:
+                self._begin()
+        return self
+
+    def _begin(self) -> None:
         if self._started or self._built_for != self.epoch:
             self._start_pass()
         self._in_epoch = True
-        return self
+
+    def _refuse_reentry(self, what: str) -> None:
+        """An error for a call made while this thread is inside ``next()`` (from a signal handler): it would
+        change the position of the batch being made."""
+        if self._running == threading.get_ident():
+            raise RuntimeError(f"{what} called during this loader's next() in the same thread (a signal handler?): "
+                               "call it between batches")
 
     def __next__(self):
-        self._started = True
+        """The next batch. After StopIteration, StopIteration again until a new ``iter(loader)``. Threads sharing
+        the loader take turns (a lock). An exception that interrupts it (KeyboardInterrupt, SystemExit from a
+        signal handler) loses nothing: the next call makes that batch again, and a ``state_dict()`` taken
+        meanwhile (or from the handler) is the position of the batches handed out."""
+        with self._lock:
+            self._refuse_reentry("next()")
+            if self._stopped:
+                raise StopIteration
+            if not self._in_epoch:  # next() without iter(), or after set_epoch()
+                self._begin()
+            self._running = threading.get_ident()
+            try:
+                return self._next_locked()
+            finally:
+                self._running, self._before = None, None
+
+    def _next_locked(self):
+        if self._restart is not None:  # an interrupted next() lost DALI's batch: back to where it began
+            self._use(self._make_pipeline(self.epoch, self._restart.dali))
+            self._restart = None
+        # signal handlers and KeyboardInterrupt run in the main thread only: its position is saved first
+        self._before = self._position(with_dali=threading.current_thread() is threading.main_thread())
         try:
-            batch = self._next_batch()
+            images, targets = self._make_batch()
         except StopIteration:
-            self._in_epoch = False
+            self._in_epoch, self._stopped = False, True
             self.epoch += 1
             self.step = 0
             raise
         except RuntimeError as exc:
             raise self._explain(exc) from exc
+        except BaseException:  # KeyboardInterrupt, SystemExit, ...: DALI's batch is gone with this call
+            if self._before.dali is not None:
+                self._restart = self._before
+            raise
+        self.step += 1
+        return images, targets
+
+    def _make_batch(self):
+        """The next batch of this epoch (the step is counted by the caller)."""
+        self._started = True
+        batch = self._next_batch()
         if self._mixed_in_graph:
             images = batch["images"]
             if images.dtype == torch.int16:  # bfloat16 mixed in the graph comes as its bits (DALI has no bfloat16)
@@ -434,8 +508,7 @@ class DaliMixupLoader:
             # graph/other backends: the outputs may be DALI's own memory, now the caller's; epilogue: the kernels
             # just queued read DALI's memory. See _InFlight.
             self._in_flight.hold(tuple(batch.values()), read_by_queued_work=not self._mixed_in_graph)
-        self.step += 1
-        if self._next is None and self.step >= max(1, len(self) - _PREFETCH_DEPTH):
+        if self._next is None and self.step + 1 >= max(1, len(self) - _PREFETCH_DEPTH):
             self._prepare_next()  # this pipeline has produced its last batches: make the next one meanwhile
         return images, targets
 
@@ -470,16 +543,49 @@ class DaliMixupLoader:
             "targets": self.targets,
         })
 
+    def _position(self, with_dali: bool = True) -> _Position:
+        """Where the stream stands now (an interrupted next(): where it stood before that call)."""
+        if self._restart is not None:
+            return self._restart._replace(mixup_enabled=self.mixup_enabled)
+        return _Position(self.epoch, self.step, self._in_epoch, self.mixup_enabled,
+                         self._iter.checkpoints()[0] if with_dali else None)
+
     def state_dict(self) -> dict:
         """Everything needed to continue the same stream of batches (DALI's reader/RNG checkpoint included), and
-        what it was saved over (``_stream_identity``)."""
-        return {"format": _STATE_FORMAT, "identity": self._stream_identity(), "epoch": self.epoch,
-                "step": self.step, "in_epoch": self._in_epoch, "mixup_enabled": self.mixup_enabled,
-                "dali": self._iter.checkpoints()[0]}
+        what it was saved over (``_stream_identity``): the position after the batches handed out so far. From
+        another thread during ``next()``: after that batch (it waits); from a signal handler during ``next()``:
+        before it (the batch is not handed out yet; an exception from the handler does not lose it)."""
+        if self._running == threading.get_ident() and self._before is not None:
+            position = self._before  # a signal handler, inside next(): the batches handed out so far
+        else:
+            with self._lock:
+                position = self._position()
+        return {"format": _STATE_FORMAT, "identity": self._stream_identity(), "epoch": position.epoch,
+                "step": position.step, "in_epoch": position.in_epoch, "mixup_enabled": position.mixup_enabled,
+                "dali": position.dali}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the stream saved by ``state_dict``. Raises naming the field when the state was saved over other
-        data or options, and clearly for a state that is empty, malformed, or of another format."""
+        data or options, and clearly for a state that is empty, malformed, or of another format. All or nothing:
+        every field is checked and the new pipeline made before anything changes; on an error the loader is as
+        it was (its pass, position and mixing switch)."""
+        with self._lock:
+            self._refuse_reentry("load_state_dict()")
+            position = self._check_state(state)
+            try:  # mid-epoch: that epoch's pipeline where it was; between epochs: the next epoch's, fresh
+                built = self._make_pipeline(position.epoch, position.dali if position.in_epoch else None)
+            except Exception as exc:  # noqa: BLE001 - whatever DALI raises for a bad checkpoint
+                raise ValueError(f"state_dict['dali'] cannot be restored as this pipeline's DALI checkpoint: "
+                                 f"{exc}") from exc
+            pending, self._next = self._next, None
+            if pending is not None:
+                pending[1].join()  # a next epoch's pipeline being made for the old stream: not this one's
+            self._use(built)
+            self.epoch, self.step, self._in_epoch = position.epoch, position.step, position.in_epoch
+            self.mixup_enabled, self._stopped, self._restart = position.mixup_enabled, False, None
+
+    def _check_state(self, state) -> _Position:
+        """Every field of a ``state_dict`` checked (nothing changed) -> out: its position."""
         if not isinstance(state, dict):
             raise TypeError(f"state_dict must be a dict from DaliMixupLoader.state_dict(), got {type(state).__name__}")
         if not state:
@@ -491,24 +597,27 @@ class DaliMixupLoader:
         missing = {"identity", "epoch", "step", "in_epoch", "mixup_enabled", "dali"} - set(state)
         if missing:
             raise ValueError(f"state_dict lacks {sorted(missing)}: not a complete DaliMixupLoader state")
-        saved, current = _plain(state["identity"]), self._stream_identity()
+        try:
+            saved = _plain(state["identity"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"state_dict['identity'] is not a saved stream identity ({exc})") from None
+        if not isinstance(saved, dict):
+            raise ValueError(f"state_dict['identity'] must be a dict, got {type(saved).__name__}")
+        current = self._stream_identity()
         for key in list(current) + [k for k in saved if k not in current]:  # the plainest difference first
             if saved.get(key) != current.get(key):
                 raise ValueError(f"state_dict was saved over another stream: {key} was {saved.get(key)!r}, this "
                                  f"loader has {current.get(key)!r}")
         epoch = _integer("state_dict['epoch']", state["epoch"], 0)
         step = _integer("state_dict['step']", state["step"], 0, self._batches(epoch))
+        for key in ("in_epoch", "mixup_enabled"):
+            if not isinstance(state[key], (bool, np.bool_)):
+                raise TypeError(f"state_dict[{key!r}] must be True or False, got {state[key]!r}")
         in_epoch = bool(state["in_epoch"])
-        before = self.epoch, self.step, self.mixup_enabled, self._in_epoch
-        self.epoch, self.step, self.mixup_enabled = epoch, step, bool(state["mixup_enabled"])
-        try:  # mid-epoch: that epoch's pipeline where it was; between epochs: the next epoch's, fresh
-            self._build(checkpoint=state["dali"] if in_epoch else None)
-        except RuntimeError as exc:
-            self.epoch, self.step, self.mixup_enabled, self._in_epoch = before
-            self._build()
-            raise ValueError(f"state_dict['dali'] cannot be restored as this pipeline's DALI checkpoint: "
-                             f"{exc}") from exc
-        self._in_epoch = in_epoch
+        if in_epoch and not (isinstance(state["dali"], (bytes, str)) and state["dali"]):
+            raise ValueError(f"state_dict['dali'] must be the DALI checkpoint (non-empty bytes) of a state saved "
+                             f"mid-epoch, got {type(state['dali']).__name__}")
+        return _Position(epoch, step, in_epoch, bool(state["mixup_enabled"]), state["dali"] if in_epoch else None)
 
 
 def _cuda_device_id(device_id: Optional[int]) -> int:
@@ -541,7 +650,9 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                        hflip: float = 0.5, targets: Optional[str] = None, interpolation: str = "bilinear",
                        color_jitter: Union[None, float, Sequence[float]] = None, auto_augment: Optional[str] = None,
                        re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1, crop_pct: float = 0.875,
-                       val_resize_size: Optional[int] = None, placement: str = "epilogue") -> DaliMixupLoader:
+                       val_resize_size: Optional[int] = None, placement: str = "epilogue",
+                       classes: Union[None, Sequence[str], Mapping[str, int]] = None,
+                       exif_orientation: bool = False) -> DaliMixupLoader:
     """A DALI loader of ``(images, targets)`` with Mixup/CutMix fused in (see the README).
 
     Args:
@@ -579,6 +690,12 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         placement: backend "fused": where its kernels run, "epilogue" (on DALI's uint8 output, after the
             iterator; the default) or "graph" (inside the DALI pipeline, ``dali_mixup.dali.mix``). Both give the
             same batches, bit for bit; see the README for what each costs.
+        classes: ImageFolder data only: the class numbering, as torchvision's ``class_to_idx`` — a sequence of
+            class names (index = position) or a dict name -> index (e.g. the training loader's
+            ``loader.dataset.classes``, for an evaluation loader). A class folder it does not name is an error
+            naming the folder; a named class without a folder has no samples. None: the folders' sorted names.
+        exif_orientation: False (default, torchvision's ``ImageFolder``/PIL behaviour): pixels as stored, the
+            EXIF orientation tag ignored; True: images rotated/flipped upright by it (DALI's decoder default).
 
     Every argument is checked here, and every file (see ``find_dataset``); the README's "Bad input" lists what
     each bad input gets.
@@ -604,7 +721,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
             raise TypeError(f"mixup must be a MixupConfig or None, got {type(mixup).__name__}")
         if mixup.num_classes != num_classes:
             raise ValueError(f"mixup.num_classes={mixup.num_classes} differs from num_classes={num_classes}")
-    for name, flag in (("train", train), ("skip_corrupt", skip_corrupt)):
+    for name, flag in (("train", train), ("skip_corrupt", skip_corrupt), ("exif_orientation", exif_orientation)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     scale, ratio = _pair("scale", scale), _pair("ratio", ratio)
@@ -616,6 +733,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
     augment = check_augment(image_size=image_size, train=train, interpolation=interpolation,
                             color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob, re_mode=re_mode,
                             re_count=re_count, crop_pct=crop_pct, val_resize_size=val_resize_size)
+    augment["exif_orientation"] = exif_orientation  # decides the pixels: part of the stream's identity
     targets = _check_targets(targets, train, mixup)
     shard_id, num_shards = _default_shards(shard_id, num_shards)
     # DALI takes an int64 seed; rank r's pipeline uses pipeline_seed(seed, r)
@@ -624,7 +742,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
     if device == "auto":
         device = "gpu" if torch.cuda.is_available() else "cpu"
     device_id = _cuda_device_id(device_id) if device == "gpu" else None
-    dataset = find_dataset(data, num_classes, skip_empty=skip_corrupt)
+    dataset = find_dataset(data, num_classes, skip_empty=skip_corrupt, classes=classes)
     if skip_corrupt:
         dataset = without_corrupt(dataset)
     return DaliMixupLoader(dataset, batch_size=batch_size, num_classes=num_classes, train=train,

@@ -184,8 +184,9 @@ OLD_STATE = {"epoch": 0, "step": 1, "in_epoch": True, "seed": 3, "shard_id": 0, 
 @pytest.mark.parametrize("state,exc,match", [
     ({}, ValueError, "state_dict is empty"),
     (OLD_STATE, ValueError, "no 'format' key .an older dali-mixup."),
-    ({"format": 1, "epoch": 0}, ValueError, "has format 1; this loader reads format 2"),
-    ({"format": 2, "epoch": 0}, ValueError, r"lacks \['dali', 'identity', 'in_epoch', 'mixup_enabled', 'step'\]"),
+    ({"format": 1, "epoch": 0}, ValueError, "has format 1; this loader reads format 3"),
+    ({"format": 2, "epoch": 0}, ValueError, "has format 2; this loader reads format 3"),  # before issue 22's order
+    ({"format": 3, "epoch": 0}, ValueError, r"lacks \['dali', 'identity', 'in_epoch', 'mixup_enabled', 'step'\]"),
     ([("epoch", 0)], TypeError, "state_dict must be a dict"),
 ])
 def test_state_that_is_empty_old_or_malformed_is_refused_clearly(indexed13, state, exc, match):
