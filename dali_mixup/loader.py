@@ -167,7 +167,7 @@ class EpochSampler:
     """``loader.sampler``: the part of a DataLoader's sampler that training scripts call. ``set_epoch(epoch)``
     sets the epoch of the loader's next pass (``DistributedSampler.set_epoch``'s meaning: the file order,
     augmentations and mixing of a pass are a function of (seed, epoch, rank)); ``len()`` is the number of samples
-    this rank reads per epoch. The order itself is DALI's (its reader shuffles), so there are no indices to list."""
+    this rank reads per epoch. A training epoch reads ``order.epoch_order(n, seed, epoch)``, each rank its slice."""
 
     def __init__(self, loader: "DaliMixupLoader"):
         self._loader = loader
@@ -555,7 +555,7 @@ class DaliMixupLoader:
         what it was saved over (``_stream_identity``): the position after the batches handed out so far. From
         another thread during ``next()``: after that batch (it waits); from a signal handler during ``next()``:
         before it (the batch is not handed out yet; an exception from the handler does not lose it)."""
-        if self._running == threading.get_ident() and self._before is not None:
+        if self._running == threading.get_ident() and self._before is not None and self._before.dali is not None:
             position = self._before  # a signal handler, inside next(): the batches handed out so far
         else:
             with self._lock:
