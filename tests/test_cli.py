@@ -14,6 +14,7 @@ import torch
 
 import dali_mixup as dm
 from dali_mixup import cli, demo
+from dali_mixup.datasets import Dataset
 from dali_mixup.sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,7 +218,9 @@ class _Recorder(list):
         self.append(kwargs)
         if self.stop_first or kwargs.get("train") is False:
             raise _Stop
-        return type("FakeLoader", (), {"__len__": lambda self: 3})()
+        # ``dataset.classes``: train numbers the validation folders by the training classes (issue 22)
+        return type("FakeLoader", (), {"__len__": lambda self: 3, "dataset": Dataset("files", str(data),
+                                                                                      classes=["a", "b"])})()
 
 
 @pytest.fixture
