@@ -94,6 +94,37 @@ def _members(shard: str) -> Iterator[Tuple[tarfile.TarFile, tarfile.TarInfo]]:
 class _Sample:
     def __init__(self, key: str):
         self.key, self.members, self.image, self.label = key, [], None, None
+        self.raw_key = None  # the key DALI's reader sees, where a PAX header holds the member's name
+
+
+def _header_name(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    """The name in the member's own 512-byte header (ustar prefix + name), what DALI's reader goes by: it does
+    not read PAX extended headers, where Python's tarfile puts a name that the header cannot hold."""
+    tar.fileobj.seek(member.offset_data - _BLOCK)  # member.offset is that of its PAX header
+    block = tar.fileobj.read(_BLOCK)
+    name = block[:100].split(b"\0", 1)[0]
+    prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+    return (prefix + b"/" + name if prefix else name).decode("utf-8", "replace")
+
+
+def _check_pax_name(shard: str, tar: tarfile.TarFile, member: tarfile.TarInfo, sample: "_Sample",
+                    previous: Optional["_Sample"]) -> None:
+    """A member named in a PAX header (Python tarfile's default format, for a name over 100 characters or not
+    ASCII): DALI reads the header's own (truncated or replaced) name instead. Fine while that name keeps the
+    extension and the sample's grouping (a non-ASCII name); an error naming shard and member when it does not
+    (a long name, cut: DALI found no samples and asserted)."""
+    if "path" not in member.pax_headers:
+        return
+    raw_key, raw_ext = split_key(_header_name(tar, member))
+    same = sample.raw_key in (None, raw_key)
+    merged = previous is not None and (previous.raw_key or previous.key) == raw_key and len(sample.members) == 1
+    sample.raw_key = raw_key
+    if raw_ext != split_key(member.name)[1] or not same or merged:
+        raise ValueError(f"{shard}: member {member.name!r} has its name in a PAX extended header (Python tarfile's "
+                         "default format writes one for a name over 100 characters), which DALI's webdataset "
+                         f"reader does not read: it sees {_header_name(tar, member)!r} and would not find this "
+                         "sample; write the shard in GNU format (tarfile.open(..., format=tarfile.GNU_FORMAT), "
+                         "or tar --format=gnu)")
 
 
 def _groups(shard: str, num_classes: Optional[int]) -> List[_Sample]:
@@ -105,12 +136,7 @@ def _groups(shard: str, num_classes: Optional[int]) -> List[_Sample]:
             groups.append(_Sample(key))
         sample = groups[-1]
         sample.members.append(member.name)
-        if "path" in member.pax_headers:
-            raise ValueError(f"{shard}: member {member.name!r} has its name in a PAX extended header (Python "
-                             "tarfile's default format writes one for a name over 100 characters or not ASCII); "
-                             "DALI's webdataset reader does not read PAX headers and would find no samples: write "
-                             "the shard in GNU format (tarfile.open(..., format=tarfile.GNU_FORMAT), or "
-                             "tar --format=gnu)")
+        _check_pax_name(shard, tar, member, sample, groups[-2] if len(groups) > 1 else None)
         if ext == WDS_LABEL_EXT:
             text = tar.extractfile(member).read().decode("ascii", "replace")
             sample.label = parse_label(text, f"{shard}: {member.name}", num_classes)

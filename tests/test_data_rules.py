@@ -116,13 +116,13 @@ def test_file_list_line_starting_with_hash_is_a_sample(tmp_path):
 
 # -- item 6: WebDataset tars with PAX headers ------------------------------------------------------------------
 
-def _tar(path, fmt, folder):
+def _tar(path, fmt, folder, stem="s"):
     buf = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "JPEG")
     with tarfile.open(path, "w", format=fmt) as tar:
         for i in range(4):
             for ext, data in (("jpg", buf.getvalue()), ("cls", str(i % 2).encode())):
-                info = tarfile.TarInfo(f"{folder}/s{i}.{ext}")
+                info = tarfile.TarInfo(f"{folder}/{stem}{i}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
@@ -137,6 +137,9 @@ def test_pax_long_names_are_refused_naming_the_shard_gnu_ones_read(tmp_path):
     assert [int(v) for _, t in create_dali_loader(str(gnu), num_classes=2, **EVAL) for v in t] == [0, 1, 0, 1]
     short = _tar(tmp_path / "short.tar", tarfile.PAX_FORMAT, "d")  # PAX format, no header needed: read
     assert len(create_dali_loader(str(short), num_classes=2, **EVAL).dataset) == 4
+    # a non-ASCII name has a PAX header too, but the header's own (replaced) name keeps the samples apart: read
+    accents = _tar(tmp_path / "accents.tar", tarfile.PAX_FORMAT, "d", stem="é")
+    assert [int(v) for _, t in create_dali_loader(str(accents), num_classes=2, **EVAL) for v in t] == [0, 1, 0, 1]
 
 
 # -- item 5: EXIF orientation ----------------------------------------------------------------------------------
