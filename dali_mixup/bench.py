@@ -102,7 +102,7 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False, plac
         data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
         mixup=None if backend == "none" else cfg, backend=backend, device=device, num_threads=args.threads,
         seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False),
-        placement=placement)
+        placement=placement, zero_copy=backend == "none")  # plain DALI as its users run it: zero-copy
     if not all(hasattr(loader, name) for name in ("_iter", "_use", "_start_pass")):
         raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter (set by ._use, "
                            "each pass started by ._start_pass); update bench.py")
@@ -136,6 +136,7 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False, plac
 
     def close():
         nonlocal loader, stream
+        loader.close()  # its pipelines go now (the timing hooks above tie the loader in a cycle)
         del loader, stream
 
     return _Session(step, close, clock)
