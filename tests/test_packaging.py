@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +25,21 @@ def test_wheel_contains_the_kernels(tmp_path):
     for module in ("pixel_math", "cpu", "cuda", "__init__"):
         assert f"dali_mixup/kernels/{module}.py" in names
     assert "dali_mixup/mixing.py" in names
+
+
+def test_no_tracked_symlink():
+    """kernels/ ships through a package-dir mapping: a link breaks on Windows and with core.symlinks=false."""
+    listing = subprocess.run(["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True)
+    if listing.returncode != 0:
+        pytest.skip("not a git checkout")
+    links = [line.split("\t", 1)[1] for line in listing.stdout.splitlines() if line.startswith("120000")]
+    assert links == []
+
+
+def test_kernels_import_from_the_installed_mapping(tmp_path):
+    """From any folder, dali_mixup.kernels is the repository's kernels/ (no `kernels` top-level name taken)."""
+    code = ("import dali_mixup.kernels as k, importlib.util as u; "
+            "print(k.__file__); print(u.find_spec('kernels') is None)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert Path(out[0]).read_bytes() == (ROOT / "kernels" / "__init__.py").read_bytes() and out[1] == "True"
