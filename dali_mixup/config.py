@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalization"]
+import numpy as np
+
+__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalization",
+           "normalization_constants"]
 
 MODES = ("batch", "pair", "elem")
 PAIRINGS = ("permutation", "flip")
@@ -46,6 +49,14 @@ def check_normalization(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tu
     if any(v <= 0 for v in checked[1]):
         raise ValueError(f"std must be > 0, got {std!r}")
     return checked[0], checked[1]
+
+
+def normalization_constants(mean: Sequence[float], std: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, bias), float32 (3,), with ``(x / 255 - mean) / std == x * scale + bias`` (timm's convention): the
+    per-channel constants both kernels and the oracle use."""
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 def _probability(name, value):

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from . import kernels
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
+from .config import (IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
+                     normalization_constants)
 from .kernels import pixel_math as pm
 from .mixing import LAYOUTS, OUT_DTYPES
 from .params import sample_params
-from .reference import normalization_constants
 
 __all__ = ["mix", "import_dali"]
 

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from . import host_buffers, kernels
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
+from .config import (IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
+                     normalization_constants)
 from .kernels import pixel_math as pm
 from .cuda_runtime import _numba_cuda, cuda_device, runtime_for
 from .params import MixParams, sample_params
-from .reference import normalization_constants
 
 __all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
 
