@@ -32,6 +32,8 @@ entry and processes compiling different variants into a shared cache never pick 
 import contextlib
 import functools
 import hashlib
+import importlib
+import os
 import threading
 import types
 from pathlib import Path
@@ -56,6 +58,25 @@ _SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 _DIGEST = int(hashlib.sha256(Path(__file__).read_bytes() + Path(pm.__file__).read_bytes()).hexdigest()[:15], 16)
 
 _dev = cuda.jit(device=True, inline="always")  # compile_ptx needs no GPU only for numba-inlined device code
+
+
+def _prepare_compiles():
+    """Import, with the interpreter's print in place, what numba-cuda would import lazily inside a compile: the
+    CUDA target's typing and lowering registries (``refresh``, as a compile's first step does; no GPU, NVVM or
+    driver needed), among them ``numba.cuda.typing.builtins``, which registers ``builtins.print`` (see
+    ``kernels.genuine_print``). Compiles then need no swap of ``print``, which every thread would see for the
+    whole compile (a loader compiles in the background)."""
+    if _SIMULATOR:
+        return
+    from numba.cuda.core.compiler_lock import global_compiler_lock
+    from numba.cuda.descriptor import cuda_target
+
+    with global_compiler_lock, genuine_print():  # as a compile refreshes; the swap only for the imports
+        importlib.import_module("numba.cuda.typing.builtins")  # registers print (also imported by refresh)
+        cuda_target.target_context.refresh()  # and its typing context's
+
+
+_prepare_compiles()
 
 if not _SIMULATOR:
     from llvmlite import ir
@@ -491,13 +512,21 @@ def kernel_to_jit(name, cc):
 def compile_ptx(name, cc, only_kind=KINDS_ALL):
     """PTX of kernel ``name`` for compute capability ``cc`` (e.g. (9, 0)); needs no GPU (kept per arguments)."""
     fn, sig = python_kernel(name, cc, only_kind)
-    with genuine_print():  # numba-cuda imports typing modules lazily while compiling (see kernels.genuine_print)
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=tuple(cc))
+    ptx, _ = cuda.compile_ptx(fn, sig, cc=tuple(cc))  # no print swap needed (_prepare_compiles)
     return ptx
 
 
 _compiled = {}
 _compile_lock = threading.Lock()
+
+
+def _fresh_lock_after_fork():
+    """A child forked while another thread compiled would find ``_compile_lock`` held forever."""
+    global _compile_lock
+    _compile_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 
 
 def kernel(name):
@@ -514,8 +543,7 @@ def kernel(name):
                 _compiled[(name, cc)] = cuda.jit(python_kernel(name, (0, 0))[0])
             else:
                 fn, sig = kernel_to_jit(name, cc)  # own cache files per variant and compute capability
-                with genuine_print():  # numba-cuda imports typing modules lazily (see kernels.genuine_print)
-                    _compiled[(name, cc)] = cuda.jit(sig, cache=True)(fn)
+                _compiled[(name, cc)] = cuda.jit(sig, cache=True)(fn)  # no print swap needed (_prepare_compiles)
         return _compiled[(name, cc)]
 
 

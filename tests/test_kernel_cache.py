@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("numba.cuda")
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("numba-cuda's cache, not the CUDA simulator's", allow_module_level=True)
 
 from numba.cuda.core import config as numba_cuda_config  # noqa: E402
 from numba.cuda.dispatcher import CUDACache  # noqa: E402
