@@ -166,7 +166,8 @@ def _fork(child, script_print):
         if not ready:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            pytest.fail(f"the forked child did not report in {TIMEOUT} s: deadlocked in genuine_print")
+            pytest.fail(f"the forked child did not report in {TIMEOUT} s: deadlocked (on a lock held by a thread "
+                        f"that does not exist in the child)")
         data = b""
         while chunk := os.read(read, 65536):
             data += chunk
