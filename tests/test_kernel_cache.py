@@ -12,6 +12,7 @@ compute capability) and the target context handed to ``load_overload``. No GPU n
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,13 @@ def test_the_jitted_function_keeps_the_kernel_and_its_cache_key():
         if name != "soft_targets":
             assert kcuda._DIGEST in cells  # the sources' digest stays part of numba's cache key
     assert kcuda.soft_targets.__qualname__ == "soft_targets"  # the module's function is copied, not renamed
+
+
+def test_the_renamed_kernel_compiles_to_the_same_code():
+    fn, sig = kcuda.kernel_to_jit(BF16, (9, 0))
+    renamed, _ = kcuda.cuda.compile_ptx(fn, sig, cc=(9, 0))
+    assert f"{BF16}_sm90" in renamed
+    assert re.sub(r"_ZN\w+", "NAME", renamed) == re.sub(r"_ZN\w+", "NAME", kcuda.compile_ptx(BF16, (9, 0)))
 
 
 def test_kernel_jits_the_function_of_kernel_to_jit(monkeypatch):
