@@ -11,10 +11,11 @@ a kernel module on first use (``dali_mixup.mixing`` does), and are the only way 
 import builtins
 import contextlib
 import importlib
+import os
 import threading
 import types
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # load()
 _print_lock = threading.RLock()  # held while builtins.print is swapped (genuine_print)
 
 
@@ -53,6 +54,7 @@ _GENUINE_PRINT = builtins.print if _is_genuine_print(builtins.print) else _find_
 
 
 _replaced_print = None  # the caller's print while the stand-in is in place
+_swap = None  # (the print genuine_print put in place, the caller's) while it is in place
 
 
 def _module_level_print(*args, **kwargs):  # stands in for print while numba registers it (see genuine_print)
@@ -67,33 +69,63 @@ print = _module_level_print  # noqa: A001 - reachable as dali_mixup.kernels.prin
 def genuine_print():
     """Run the block with the interpreter's own ``builtins.print`` in place, then restore the caller's.
 
-    Numba registers ``builtins.print`` as a typing key when it is imported and requires the object to be reachable
-    under its ``__module__`` and ``__name__``. Training scripts replace ``builtins.print`` with a nested function
-    on non-master ranks (torchvision's ``references/classification/utils.py::setup_for_distributed``), which makes
-    importing numba fail with ``module 'utils' has no attribute 'print'``. The genuine print is found at import of
-    this package, or inside the replacement; failing both, a module-level stand-in that forwards to the caller's
-    print is registered (numba's own ``print`` inside user kernels then types against the stand-in).
+    Numba registers ``builtins.print`` as a typing key when it imports its typing modules and requires the
+    object to be reachable under its ``__module__`` and ``__name__``. Training scripts replace
+    ``builtins.print`` with a nested function on non-master ranks (torchvision's
+    ``references/classification/utils.py::setup_for_distributed``), which makes importing numba fail with
+    ``module 'utils' has no attribute 'print'``. The genuine print is found at import of this package, or
+    inside the replacement; failing both, a module-level stand-in that forwards to the caller's print is
+    registered (numba's own ``print`` inside user kernels then types against the stand-in).
+
+    The swap is seen by every thread, so keep the block to the imports that register print: ``load`` imports
+    numba in it, ``cuda`` the CUDA target's registries (after which compiles import none), and no compile runs
+    in it. One swap at a time; a block inside a block is no second swap. On leaving, the caller's print is put
+    back only if ``builtins.print`` is still the one put there: a replacement made meanwhile (another thread)
+    stays. A child forked meanwhile gets the caller's print back and fresh locks (``_after_fork_in_child``).
     """
-    global _replaced_print
-    with _print_lock:  # one swap at a time across threads (a loader compiles in the background)
+    global _replaced_print, _swap
+    with _print_lock:  # one swap at a time across threads
         current = builtins.print
-        if _is_genuine_print(current):
-            yield
+        if _is_genuine_print(current) or (_swap is not None and current is _swap[0]):
+            yield  # nothing to swap, or this thread's own swap already in place
             return
+        ours = _GENUINE_PRINT or _find_genuine_print(current) or print
         _replaced_print = current
-        builtins.print = _GENUINE_PRINT or _find_genuine_print(current) or print
+        _swap = (ours, current)  # before the swap: a fork from here on restores the caller's print
+        builtins.print = ours
         try:
             yield
         finally:
-            builtins.print = current
+            if builtins.print is ours:  # never undo someone else's replacement
+                builtins.print = current
+            _swap = None
+
+
+def _after_fork_in_child():
+    """In a child forked during a swap (any thread's): the caller's print back, and locks no dead thread
+    holds (the thread that swapped does not exist in the child, and would never restore or release)."""
+    global _lock, _print_lock, _swap
+    _lock, _print_lock = threading.Lock(), threading.RLock()
+    swap, _swap = _swap, None
+    if swap is not None and builtins.print is swap[0]:
+        builtins.print = swap[1]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_NUMBA = {"cpu": ("numba",), "cuda": ("numba", "numba.cuda")}  # what registers print on import
 
 
 def load(name: str):
     """Import kernel module ``name`` ("cpu" or "cuda") once, whatever ``builtins.print`` is (see ``genuine_print``).
 
-    The first import of ``cpu`` compiles or loads numba's cache; that of ``cuda`` imports numba.cuda.
+    Numba (and numba.cuda) are imported with the interpreter's print in place; the kernel module, and the
+    compile of the CPU twin that its first import runs (or numba's cache it loads), with the caller's.
     """
-    if name not in ("cpu", "cuda"):
+    if name not in _NUMBA:
         raise ValueError(f"kernel module must be 'cpu' or 'cuda', got {name!r}")
-    with _lock, genuine_print():
+    with _lock:
+        with genuine_print():
+            for module in _NUMBA[name]:
+                importlib.import_module(module)
         return importlib.import_module(f"{__name__}.{name}")
