@@ -91,6 +91,7 @@ def test_schedule_switches_mixing_by_epoch(image_folder):
     loader.mixup_schedule = lambda epoch: epoch < 1
     first = [t for _, t in loader]
     second = [t for _, t in loader]
+    assert len(first) == len(second) == len(loader) > 0
     assert any((t.max(1).values < 0.9).any() for t in first)  # mixed rows
     _, on = CFG.off_on
     assert all(torch.allclose(t.max(1).values, torch.full((4,), on)) for t in second)

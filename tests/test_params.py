@@ -170,10 +170,18 @@ def test_uncorrected_cutmix_keeps_the_drawn_lambda():
     assert stats.kstest(p.lam.astype(np.float64), stats.beta(1, 1).cdf).pvalue > 1e-3
 
 
-def test_minmax_on_tiny_images_does_not_crash():
+@pytest.mark.parametrize("size, side", [(2, 0), (10, 4)])
+def test_minmax_boxes_on_small_images(size, side):
+    """timm's rand_bbox_minmax: sides drawn in [int(S * 0.4), int(S * 0.5)): on 2 x 2 images that is 0 (every box
+    empty, so λ = 1 and nothing is pasted), on 10 x 10 exactly 4 (a 4 x 4 box inside the image, λ = 1 - 16/100)."""
     cfg = dm.MixupConfig(10, mixup_alpha=0.0, cutmix_minmax=(0.4, 0.5), mode="elem")
-    p = dm.sample_params(cfg, 16, 2, 2)
-    p.check(16, 2, 2)
+    p = dm.sample_params(cfg, 16, size, size)
+    p.check(16, size, size)
+    assert p.use_cutmix.all()
+    y0, y1, x0, x1 = p.box.T
+    assert (y1 - y0 == side).all() and (x1 - x0 == side).all()
+    assert (y0 >= 0).all() and (y1 <= size).all() and (x0 >= 0).all() and (x1 <= size).all()
+    np.testing.assert_array_equal(p.lam, np.float32(1 - side * side / (size * size)))
 
 
 @pytest.mark.parametrize("kwargs,exc", [
