@@ -141,6 +141,11 @@ class MixupConfig:
         """False when this config can never change a sample (no α, no minmax, or prob = 0)."""
         return self.prob > 0.0 and (self.mixup_alpha > 0.0 or self.effective_cutmix_alpha > 0.0)
 
+    def no_mix(self) -> "MixupConfig":
+        """This config with mixing off: the same classes and label smoothing (plain normalisation and smoothed
+        one-hot targets), what a batch gets while mixing is switched off."""
+        return MixupConfig(self.num_classes, mixup_alpha=0.0, label_smoothing=self.label_smoothing)
+
     @property
     def off_on(self) -> Tuple[float, float]:
         """timm's label-smoothing values ``(off, on)`` = (ε / C, 1 - ε + ε / C)."""

@@ -30,7 +30,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalizatio
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .cuda_runtime import runtime_for
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch, precompile_in_background
-from .params import sample_params
+from .params import batch_key, sample_params
 from .dali import import_dali
 from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
 
@@ -284,8 +284,7 @@ class DaliMixupLoader:
         self._owned = _Owned(self._in_flight)
         # del, close() or interpreter exit: the GPU work reading DALI's buffers completes, then they go
         self._finalizer = weakref.finalize(self, self._owned.release)
-        self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
-                                   label_smoothing=mixup.label_smoothing if mixup is not None else 0.0)
+        self._no_mix = mixup.no_mix() if mixup is not None else MixupConfig(num_classes, mixup_alpha=0.0)
         self.sampler = EpochSampler(self)
         self.batch_sampler = BatchSampler(self)
         self._check_fits()
@@ -361,7 +360,7 @@ class DaliMixupLoader:
         if self.backend == "dali":
             runs = self._runs_per_epoch()
             source = MixParamSource(self.mixup if self.mixup is not None else self._no_mix, self.batch_size,
-                                    self.image_size, self.seed, self.shard_id, runs, first_run=epoch * runs)
+                                    self.image_size, self.seed, self.shard_id, runs, first_epoch=epoch)
             source.enabled = self._switch
         pipe = build_pipeline(
             self.dataset, batch_size=self.batch_size, train=self.train, image_size=self.image_size,
@@ -519,8 +518,8 @@ class DaliMixupLoader:
             images_u8, labels, flip = batch["images"], batch["labels"], batch["flip"]
             n, h, w, _ = images_u8.shape
             cfg = self.mixup if self._switch(self.epoch) else self._no_mix
-            params = sample_params(cfg, n, h, w, seed=self.seed, epoch=self.epoch, step=self.step,
-                                   rank=self.shard_id)
+            epoch, step = batch_key(self.step, None, self.epoch)  # the pipeline's run = this epoch's step
+            params = sample_params(cfg, n, h, w, seed=self.seed, epoch=epoch, step=step, rank=self.shard_id)
             images, targets = mix_batch(images_u8, labels, cfg, params,
                                         mean=self.mean, std=self.std, out_dtype=self.out_dtype, layout=self.layout,
                                         flip=flip.cpu().numpy(), check_labels=False,

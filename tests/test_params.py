@@ -208,3 +208,26 @@ def test_params_check_rejects_inconsistent_params():
         dm.MixParams([1, 0], np.float32([1.5, 0.5]), [False, False], np.zeros((2, 4))).check(2, 8, 8)
     with pytest.raises(ValueError, match="same batch size"):
         dm.MixParams([1, 0], np.float32([0.5]), [False, False], np.zeros((2, 4)))
+
+
+def test_batch_key_is_the_one_rule_every_placement_uses(monkeypatch):
+    """Run k of a pipeline for epoch e with R runs an epoch is (e + k // R, k % R); the ``dali`` backend's parameter
+    source and ``dali.mix`` ask ``batch_key`` (the loader's epilogue too: its key is (epoch, step))."""
+    from types import SimpleNamespace
+
+    from dali_mixup import dali, params, pipeline
+    assert params.batch_key(0, 3, 5) == (5, 0) and params.batch_key(7, 3, 5) == (7, 1)
+    assert params.batch_key(7, None, 2) == (2, 7)
+    asked = []
+
+    def recorded(run, runs, first):
+        asked.append((run, runs, first))
+        return params.batch_key(run, runs, first)
+
+    monkeypatch.setattr(pipeline, "batch_key", recorded)
+    monkeypatch.setattr(dali, "batch_key", recorded)
+    info = SimpleNamespace(iteration=4, epoch_idx=0)
+    cfg = dm.MixupConfig(10)
+    pipeline.MixParamSource(cfg, 2, 8, seed=0, rank=0, runs_per_epoch=3, first_epoch=6)(info)
+    key = dali._RunKey(2, 3, first_epoch=6)(info)[0]
+    assert asked == [(4, 3, 6), (4, 3, 6)] and key.tolist() == [7, 1]
