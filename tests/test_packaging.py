@@ -23,7 +23,7 @@ def test_wheel_contains_the_kernels(tmp_path):
                    check=True, capture_output=True)
     (wheel,) = tmp_path.glob("dali_mixup-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("pixel_math", "cpu", "cuda", "__init__"):
+    for module in ("pixel_math", "cpu", "cuda", "print_guard", "__init__"):
         assert f"dali_mixup/kernels/{module}.py" in names
     assert "dali_mixup/mixing.py" in names
 
