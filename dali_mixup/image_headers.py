@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 
 from PIL import Image
 
-__all__ = ["MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO", "PNG_MAX_SIDE", "DALI_FORMATS", "sniff_format", "header_problem"]
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO", "PNG_MAX_SIDE", "DALI_FORMATS", "sniff_format", "header_problem",
+           "set_limits"]
 
 #: Images with more pixels than this are refused (None: no limit). Pillow's default limit.
 MAX_IMAGE_PIXELS: Optional[int] = Image.MAX_IMAGE_PIXELS
@@ -42,6 +43,15 @@ _OTHERS = ((b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"\x00\x00\x01\x00", "ICO"),
            (b"\xff\x0a", "JPEG XL"), (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"), (b"P7", "PAM"),
            (b"%PDF", "PDF"), (b"<svg", "SVG"), (b"<?xml", "XML/SVG"), (b"II\x2b\x00", "BigTIFF"),
            (b"MM\x00\x2b", "BigTIFF"))
+
+
+def set_limits(max_pixels=None, max_aspect=None) -> None:
+    """Set the limits from command-line values: a number (0: no limit), or None to leave that one as it is."""
+    global MAX_IMAGE_PIXELS, MAX_ASPECT_RATIO
+    if max_pixels is not None:
+        MAX_IMAGE_PIXELS = int(max_pixels) or None
+    if max_aspect is not None:
+        MAX_ASPECT_RATIO = float(max_aspect) or None
 
 
 def sniff_format(head: bytes) -> str:

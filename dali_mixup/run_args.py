@@ -23,7 +23,7 @@ ARGS_FILE = "args.json"
 #: that the data are the same).
 MAY_CHANGE = frozenset({"epochs", "output", "resume", "overwrite", "no_progress", "debug", "keep_checkpoints",
                         "threads", "data", "val_data"})
-_NOT_SAVED = frozenset({"given", "func", "resume", "overwrite", "command"})  # never taken from the run
+_NOT_SAVED = frozenset({"given", "func", "resume", "overwrite", "command", "data_dir"})  # never taken from the run
 
 
 def _norm(value):

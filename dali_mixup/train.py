@@ -103,7 +103,7 @@ def check_model_name(name: str) -> str:
         if timm.is_model(name):
             return "timm"
         known = known + timm.list_models()
-    near = difflib.get_close_matches(name, known, n=3)
+    near = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3)  # torchvision's and timm's resnet18: once
     hint = f" (did you mean {', '.join(near)}?)" if near else ""
     if timm is None:
         raise ValueError(f"--model {name}: not a torchvision model, and timm (whose models would count too) is not "
@@ -668,6 +668,8 @@ def run(args) -> Optional[Trainer]:
         path = Path(args.resume) if args.resume else Path(args.output) / LAST
         ckpt = load_checkpoint(path)
         args = resumed_args(args, ckpt.get("args") or {}, str(path))
+        from . import image_headers  # the run's own image limits
+        image_headers.set_limits(getattr(args, "max_image_pixels", None), getattr(args, "max_aspect_ratio", None))
     check_model_name(args.model)
     out = Path(args.output)
     created = not out.exists()
