@@ -43,7 +43,7 @@ def write_args(out: Path, saved: dict, write_text) -> None:
 def _shown(value) -> str:
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
-    return "(not set)" if value is None else str(value)
+    return "its default" if value is None else str(value)
 
 
 def resumed_args(args, saved: dict, source: str):

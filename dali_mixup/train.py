@@ -199,6 +199,14 @@ def run_files(out: Path) -> List[Path]:
                   or _NUMBERED.match(p.name))
 
 
+def _refuse_a_run_there(out: Path, resume: bool, overwrite: bool) -> None:
+    found = run_files(out)
+    if found and not (resume or overwrite):
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(f"--output {out} already holds a run ({names}): pass --resume to continue it, --overwrite "
+                         f"to replace it, or choose another --output")
+
+
 def prepare_output(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -> Optional[_folder.OutputLock]:
     """in: --output, whether --resume/--overwrite were given -> out: the folder ready, and (main process) its lock,
     held for the run. A run already there is an error unless resumed (kept, appended to) or overwritten (its run
@@ -206,27 +214,27 @@ def prepare_output(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -
     start time), is an error now; temporary files of a writer that died are removed."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {out}: is a file, not a folder")
-    found = run_files(out)
-    if found and not (resume or overwrite):
-        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
-        raise ValueError(f"--output {out} already holds a run ({names}): pass --resume to continue it, --overwrite "
-                         f"to replace it, or choose another --output")
-    if not is_main:
-        return None
+    _refuse_a_run_there(out, resume, overwrite)  # before locking (a refused command leaves nothing behind) ...
+    lock = None
+    if is_main:  # ... and again under the lock: the folder is only known while no other trainer writes there
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise type(exc)(f"--output {out}: cannot create the folder ({exc.strerror or exc})") from None
+        _folder.check_writable(out)
+        lock = _folder.OutputLock(out).acquire()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise type(exc)(f"--output {out}: cannot create the folder ({exc.strerror or exc})") from None
-    _folder.check_writable(out)
-    lock = _folder.OutputLock(out).acquire()
-    try:
+        _refuse_a_run_there(out, resume, overwrite)
+        if not is_main:
+            return None
         _folder.remove_stale_temps(out)
         if overwrite and not resume:
             for p in run_files(out):
                 p.unlink()
             shutil.rmtree(out / "tb", ignore_errors=True)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
         raise
     return lock
 
@@ -676,15 +684,15 @@ def run(args) -> Optional[Trainer]:
     ctx = setup(args.device)
     lock, ok = None, False
     try:
-        lock = prepare_output(out, resume=args.resume is not None, overwrite=args.overwrite, is_main=ctx.is_main)
         train_dir, val_dir = find_splits(args.data, args.val_data)
         num_classes = args.num_classes or count_classes(train_dir)
         if ckpt is not None:
             check_resumable(ckpt, path, model=args.model, num_classes=num_classes)
-            if ckpt["epoch"] + 1 >= args.epochs:
+            if ckpt["epoch"] + 1 >= args.epochs:  # nothing to do: the folder is not even locked
                 _say_complete(ckpt, path, args, out, ctx)
                 ok = True
                 return None
+        lock = prepare_output(out, resume=args.resume is not None, overwrite=args.overwrite, is_main=ctx.is_main)
         if ctx.is_main:
             _warn_about_plan(args, val_dir)
             write_args(out, plain_args(args), lambda p, text: _atomic_write(p, lambda fh: fh.write(text), "w"))

@@ -195,3 +195,32 @@ def test_the_header_check_reads_no_pixels(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the header check decoded pixels"))
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("the header check used Image.open"))
     assert image_headers.header_problem(str(path)) is None
+
+
+# -- files that change while the loader reads them -------------------------------------------------------------------
+def test_images_emptied_in_place_while_the_loader_runs_never_crash_it(tmp_path):
+    """DALI's file reader mapped each file into memory (mmap); a file truncated after it was mapped and before it
+    was decoded killed the process with SIGBUS. Read without mapping, the loader finishes or names the file."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(48):
+            arr = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.jpg", quality=90)
+    proc = _in_subprocess(f"""
+        import os
+        from dali_mixup.loader import create_dali_loader
+        loader = create_dali_loader({str(root)!r}, batch_size=8, num_classes=2, image_size=32, num_threads=2,
+                                    device="cpu")
+        batches = iter(loader)
+        next(batches)
+        for f in loader.dataset.files:
+            os.truncate(f, 0)  # emptied in place (same inode): a sync tool, a user's '> file', a full disk
+        try:
+            print("batches after", sum(1 for _ in batches))
+        except RuntimeError as exc:
+            print("named:", exc)
+    """)
+    assert proc.returncode == 0, f"return code {proc.returncode} (-7: SIGBUS)\n{proc.stderr[-2000:]}"
+    assert "batches after" in proc.stdout or ("named:" in proc.stdout and ".jpg" in proc.stdout)
