@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 __all__ = ["LOCK", "OutputLocked", "OutputLock", "temp_prefix", "exclusive_temp", "new_temp_name", "pid_alive",
            "remove_stale_temps", "check_writable"]
@@ -163,7 +162,8 @@ class OutputLock:
         except OSError as exc:  # no flock on this filesystem: the pid inside decides
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            if previous and (previous.get("host") != socket.gethostname() or pid_alive(int(previous.get("pid", 0)))):
+            elsewhere = previous.get("host") != socket.gethostname()
+            if previous and (elsewhere or pid_alive(int(previous.get("pid", 0)))):
                 self._refuse(previous)
         if previous and previous.get("pid") != os.getpid():
             log.warning("%s: a stale lock (%s, no longer running) taken over", self.path, self.describe(previous))

@@ -320,8 +320,9 @@ def load_checkpoint(path: Path) -> dict:
                          "not a dict)")
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
+        has = ", ".join(repr(k) for k in ckpt) or "nothing"
         raise ValueError(f"--resume {path}: not a complete dali-mixup train checkpoint: it lacks "
-                         f"{', '.join(repr(k) for k in missing)} (it has {', '.join(repr(k) for k in ckpt) or 'nothing'})")
+                         f"{', '.join(repr(k) for k in missing)} (it has {has})")
     return ckpt
 
 

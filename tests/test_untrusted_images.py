@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dali_mixup import image_headers
 from dali_mixup.loader import create_dali_loader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +99,7 @@ def test_decompression_bombs_are_skipped_and_counted_with_skip_corrupt(tmp_path,
 
 
 def test_pixel_and_aspect_limits_are_settings(tmp_path, monkeypatch):
+    from dali_mixup import image_headers  # (imported here: the tests of behaviour run without it)
     big = tmp_path / "big.png"
     big.write_bytes(png(3000, 20))
     assert image_headers.header_problem(str(big))[0] == "too_large"  # 150:1
@@ -115,6 +115,7 @@ def test_pixel_and_aspect_limits_are_settings(tmp_path, monkeypatch):
 
 
 def test_jpeg_size_from_the_header_agrees_with_pillow():
+    from dali_mixup import image_headers  # (imported here: the tests of behaviour run without it)
     rng = np.random.default_rng(1)
     for i in range(24):
         w, h = (int(v) for v in rng.integers(1, 600, 2))
@@ -167,6 +168,7 @@ def test_formats_dali_does_not_decode_are_skipped_with_skip_corrupt_and_iteratio
 
 
 def test_every_format_dali_decodes_passes_the_scan_and_decodes(tmp_path):
+    from dali_mixup import image_headers  # (imported here: the tests of behaviour run without it)
     formats = {"jpg": "JPEG", "png": "PNG", "bmp": "BMP", "tif": "TIFF", "webp": "WEBP", "ppm": "PPM",
                "pgm": "PPM"}
     planted = {}
@@ -190,6 +192,7 @@ def _gray(fmt):
 
 def test_the_header_check_reads_no_pixels(tmp_path, monkeypatch):
     """The scan opens each file and reads its header only: never Pillow's decoder."""
+    from dali_mixup import image_headers
     path = tmp_path / "x.png"
     path.write_bytes(_encoded("PNG", size=(400, 300)))
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the header check decoded pixels"))
