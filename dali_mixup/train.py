@@ -707,14 +707,16 @@ def run(args) -> Optional[Trainer]:
     finally:
         if lock is not None:
             lock.release()
-            if created and not ok:
-                _remove_if_unused(out)
+        if ctx.is_main and created and not ok:
+            _remove_if_unused(out)
         teardown(ctx)
 
 
 def _remove_if_unused(out: Path) -> None:
     """A run that failed before writing anything leaves no folder it created (only its lock and args.json)."""
-    left = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if not out.is_dir():
+        return
+    left = {p.name for p in out.iterdir()}
     if left <= {_folder.LOCK, ARGS_FILE}:
         for name in left:
             (out / name).unlink(missing_ok=True)

@@ -60,7 +60,8 @@ def test_a_close_misspelling_gets_its_flag(capsys, argv, hint):
     assert hint in _refused(capsys, *argv)
 
 
-@pytest.mark.parametrize("argv", [["demo", "--opt", "adamw"], ["train", "--frobnicate"], ["bench", "--xyz", "1"]])
+@pytest.mark.parametrize("argv", [["demo", "--ema"], ["train", "--warm", "1"], ["train", "--bench"],
+                                  ["demo", "--lr-sched", "step"], ["bench", "--step", "1"]])
 def test_a_word_close_to_no_flag_gets_no_suggestion(capsys, argv):
     err = _refused(capsys, *argv)
     assert "unrecognized arguments" in err and "did you mean" not in err
