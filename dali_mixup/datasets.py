@@ -153,6 +153,26 @@ def _with_header(path: str, found: tuple) -> tuple:
     return bad if bad is not None else found
 
 
+def _check_shard_headers(shard: str) -> None:
+    """The image members of a shard, by their headers (image_headers): one DALI cannot decode, or one too large
+    to decode safely, is an error naming the shard, the sample key and what its header says."""
+    problems = []
+
+    def fine(fh) -> bool:
+        problem = image_headers.stream_problem(fh)
+        if problem is not None and "header does not parse" in problem[1]:
+            return True  # a known format, broken: DALI fails on it cleanly, and the read names shard and key
+        if problem is not None:
+            problems.append(problem[1])
+        return problem is None
+
+    bad = scan_shard_images(shard, fine)
+    if bad:
+        shown = [f"{key} ({what})" for key, what in zip(bad, problems)]
+        raise ValueError(f"{shard}: {len(bad)} image(s) refused by their header (not in a format DALI decodes, or "
+                         f"too large to decode safely): sample(s) {_name_some(shown)}")
+
+
 def _check_files(paths: Sequence[str], where: Sequence[str], source: str, skip_empty: bool) -> Tuple[List[int], list]:
     """Stat every file: raise for missing, unreadable, special, badly named or (unless ``skip_empty``) empty
     ones, naming them as ``where`` does. -> (indices kept, identities of those kept)."""
@@ -357,6 +377,7 @@ def _webdataset(shards: Sequence[str], source: str, num_classes: Optional[int]) 
             repeated.append(shard)
         else:
             scanned[real] = scan_shard(shard, num_classes)
+            _check_shard_headers(shard)
         shard_labels, junk = scanned[real]
         labels += shard_labels
         sizes.append(len(shard_labels))

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 from PIL import Image
 
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_ASPECT_RATIO", "PNG_MAX_SIDE", "DALI_FORMATS", "sniff_format", "header_problem",
-           "set_limits"]
+           "stream_problem", "set_limits"]
 
 #: Images with more pixels than this are refused (None: no limit). Pillow's default limit.
 MAX_IMAGE_PIXELS: Optional[int] = Image.MAX_IMAGE_PIXELS
@@ -169,15 +169,20 @@ def header_problem(path: str) -> Optional[Tuple[str, str]]:
     "GIF" or "30000 x 30000 = 900,000,000 pixels, over the limit of 89,478,485". Reads the header only (the
     first bytes, and as far as the format's size field). OSError (unreadable) propagates."""
     with open(path, "rb") as fh:
-        head = fh.read(_HEAD)
-        fmt = sniff_format(head)
-        if fmt not in DALI_FORMATS:
-            what = "an unrecognised header" if fmt == "unknown" else fmt
-            return "undecodable", f"{what}; DALI decodes {', '.join(DALI_FORMATS)}"
-        try:
-            width, height = _size(fh, fmt, head)
-        except Exception as exc:  # noqa: BLE001 - Pillow's header parsers raise many kinds; all mean "broken"
-            return "undecodable", f"{fmt} header does not parse: {str(exc) or type(exc).__name__}"
+        return stream_problem(fh)
+
+
+def stream_problem(fh) -> Optional[Tuple[str, str]]:
+    """``header_problem`` of an open, seekable binary file (e.g. a tar member), from its current start."""
+    head = fh.read(_HEAD)
+    fmt = sniff_format(head)
+    if fmt not in DALI_FORMATS:
+        what = "an unrecognised header" if fmt == "unknown" else fmt
+        return "undecodable", f"{what}; DALI decodes {', '.join(DALI_FORMATS)}"
+    try:
+        width, height = _size(fh, fmt, head)
+    except Exception as exc:  # noqa: BLE001 - Pillow's header parsers raise many kinds; all mean "broken"
+        return "undecodable", f"{fmt} header does not parse: {str(exc) or type(exc).__name__}"
     if width < 1 or height < 1:
         return "undecodable", f"{fmt} header declares {width} x {height} pixels"
     if fmt == "PNG" and max(width, height) > PNG_MAX_SIDE:

@@ -227,3 +227,18 @@ def test_images_emptied_in_place_while_the_loader_runs_never_crash_it(tmp_path):
     """)
     assert proc.returncode == 0, f"return code {proc.returncode} (-7: SIGBUS)\n{proc.stderr[-2000:]}"
     assert "batches after" in proc.stdout or ("named:" in proc.stdout and ".jpg" in proc.stdout)
+
+
+def test_a_bomb_or_a_gif_inside_a_webdataset_shard_is_named_by_shard_and_key(tmp_path):
+    import tarfile
+    for name, data, said in [("bomb", jpeg_bomb(), "30000 x 30000"), ("gif", OTHER["GIF"], "GIF")]:
+        shard = tmp_path / f"{name}.tar"
+        with tarfile.open(shard, "w") as tar:
+            for i, image in enumerate([JPEG, data, JPEG]):
+                for ext, body in (("jpg", image), ("cls", b"1")):
+                    info = tarfile.TarInfo(f"s{i:04d}.{ext}")
+                    info.size = len(body)
+                    tar.addfile(info, io.BytesIO(body))
+        with pytest.raises(ValueError, match=rf"{name}.tar: 1 image\(s\) refused by their header") as info:
+            create_dali_loader(str(shard), **SMALL)
+        assert f"s0001 ({said}" in str(info.value)
