@@ -219,11 +219,13 @@ def _add_train(p):
                    help="stop each epoch after N steps, for smoke runs (default: whole epochs)")
     g = p.add_argument_group("output and resuming")
     g.add_argument("--output", default="runs/train", metavar="DIR",
-                   help="checkpoints, metrics.csv, summary.json; an existing run there is never overwritten "
-                        "without --resume or --overwrite")
+                   help="checkpoints, metrics.csv, summary.json, args.json; an existing run there is never "
+                        "overwritten without --resume or --overwrite; one trainer at a time (train.lock)")
     g.add_argument("--resume", nargs="?", const="", metavar="CKPT",
-                   help="continue from CKPT (model, optimiser, schedule, loader, history); a bare --resume "
-                        "continues OUTPUT/checkpoint-last.pt (default: a new run)")
+                   help="continue from CKPT (model, optimiser, schedule, loader, history, mid-epoch after Ctrl-C "
+                        "or SIGTERM) with the run's own flags (a flag given with another value is an error, except "
+                        "--epochs, --output, --data, --val-data, --threads, --keep-checkpoints, --no-progress); a "
+                        "bare --resume continues OUTPUT/checkpoint-last.pt (default: a new run)")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--keep-checkpoints", "--checkpoint-hist", type=non_negative_int, default=3, metavar="N",
                    help="numbered checkpoints kept besides checkpoint-last.pt and checkpoint-best.pt "
