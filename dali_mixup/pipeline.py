@@ -111,7 +111,7 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                   enable_conditionals=train and aug.needs_conditionals(augment))
     def graph():
         common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
-                      seed=reader_seed, random_shuffle=train, initial_fill=_SHUFFLE_BUFFER)
+                      seed=reader_seed, random_shuffle=train, initial_fill=_SHUFFLE_BUFFER, dont_use_mmap=True)
         if dataset.kind == "webdataset":
             encoded, cls = fn.readers.webdataset(paths=dataset.shards, ext=[WDS_IMAGE_EXT, WDS_LABEL_EXT],
                                                  missing_component_behavior="skip", **common)
