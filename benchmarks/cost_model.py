@@ -317,11 +317,8 @@ OUT_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
 
 
 def _kernels():
-    root = Path(__file__).resolve().parent.parent
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from dali_mixup.kernels import cuda as kcuda
-    return kcuda
+    from dali_mixup import kernels
+    return kernels.load("cuda")
 
 
 @dataclass

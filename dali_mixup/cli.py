@@ -26,7 +26,8 @@ MIXUP, CUTMIX, SMOOTHING, MIXUP_MODE = 0.8, 1.0, 0.1, "batch"
 
 # Training-augmentation flag -> create_dali_loader keyword. Passed only when given (None: the loader's default).
 AUGMENT_FLAGS = {"--scale": "scale", "--ratio": "ratio", "--hflip": "hflip", "--aa": "auto_augment",
-                 "--reprob": "re_prob", "--train-interpolation": "interpolation", "--color-jitter": "color_jitter"}
+                 "--reprob": "re_prob", "--remode": "re_mode", "--recount": "re_count",
+                 "--train-interpolation": "interpolation", "--color-jitter": "color_jitter"}
 # Evaluation flag -> keyword of the validation loader.
 EVAL_FLAGS = {"--crop-pct": "crop_pct"}
 # API wording -> the flag that does the same, for error messages shown on the command line.
@@ -86,13 +87,29 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {default})" if text else f"(default: {default})"
 
 
+def image_limits():
+    """(pixels, aspect) limits of the scan's header check (dali_mixup.image_headers), 0 for none."""
+    from . import image_headers
+    return image_headers.MAX_IMAGE_PIXELS or 0, image_headers.MAX_ASPECT_RATIO or 0
+
+
+def _set_image_limits(args) -> None:
+    """--max-image-pixels / --max-aspect-ratio -> dali_mixup.image_headers' settings for this process."""
+    from . import image_headers
+    image_headers.set_limits(getattr(args, "max_image_pixels", None), getattr(args, "max_aspect_ratio", None))
+
+
 # -- flag groups -------------------------------------------------------------------------------------------------
 def _add_common(p, seed_help="seed of the shuffling, augmentation and mixing streams"):
     p.add_argument("--seed", type=non_negative_int, default=SEED, help=seed_help)
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
 
 
-def _add_data(p, *, num_classes=True):
+def _device(text):
+    return "gpu" if text == "cuda" else text  # timm's --device cuda
+
+
+def _add_data(p, *, num_classes=True, timm_workers=True):
     g = p.add_argument_group("data")
     g.add_argument("--data", "--data-dir", metavar="DIR",
                    help="ImageFolder, or a folder holding train/ (and val/) ImageFolders (default: the built-in "
@@ -100,16 +117,24 @@ def _add_data(p, *, num_classes=True):
     if num_classes:
         g.add_argument("--num-classes", type=positive_int, metavar="N",
                        help="number of classes (default: the number of class folders)")
-    g.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"],
-                   help="where DALI decodes and the batch lands; auto: the GPU when torch sees one")
+    g.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"], type=_device,
+                   help="where DALI decodes and the batch lands; auto: the GPU when torch sees one (timm's 'cuda' "
+                        "is gpu)")
     g.add_argument("-b", "--batch-size", type=positive_int, default=BATCH_SIZE, metavar="N",
                    help="images per batch (per process under torchrun)")
     g.add_argument("--image-size", "--img-size", type=positive_int, default=IMAGE_SIZE, metavar="N",
                    help="side of the square crops")
-    g.add_argument("--threads", type=positive_int, default=THREADS, metavar="N", help="DALI CPU threads per process")
+    g.add_argument("--threads", *(["-j", "--workers"] if timm_workers else []), dest="threads", type=positive_int,
+                   default=THREADS, metavar="N", help="DALI CPU threads per process")
     g.add_argument("--skip-corrupt", action="store_true",
-                   help="check every image first and leave corrupt ones out (default: off, a corrupt image stops "
-                        "the run with its name)")
+                   help="check every image first and leave corrupt ones out, and images DALI cannot decode or "
+                        "that are too large (default: off, such an image stops the run with its name)")
+    g.add_argument("--max-image-pixels", type=non_negative_int, default=image_limits()[0], metavar="N",
+                   help="images declaring more pixels are refused by name (skipped with --skip-corrupt) before "
+                        "decoding; 0: no limit (default: Pillow's Image.MAX_IMAGE_PIXELS, %(default)s)")
+    g.add_argument("--max-aspect-ratio", type=non_negative_float, default=image_limits()[1], metavar="R",
+                   help="images whose longer side is more than R times the shorter are refused likewise; 0: no "
+                        "limit (default: %(default)s)")
 
 
 def _add_mixing(p, *, off_epoch=False):
@@ -155,6 +180,11 @@ def _add_augmentation(p, *, evaluation=False):
                    help="resize interpolation of the training crops (default: bilinear)")
     g.add_argument("--color-jitter", dest="color_jitter", type=non_negative_float, metavar="F",
                    help="colour-jitter strength (default: none)")
+    g.add_argument("--remode", dest="re_mode", choices=["const", "rand", "pixel"],
+                   help="random-erasing fill: const (zeros), rand (one colour per box) or pixel (noise) "
+                        "(default: const)")
+    g.add_argument("--recount", dest="re_count", type=positive_int, metavar="N",
+                   help="random-erasing boxes per image (default: 1)")
     if evaluation:
         g.add_argument("--crop-pct", dest="crop_pct", type=probability, metavar="F",
                        help="validation centre crop: resize the shorter side to image-size / F, then crop "
@@ -162,6 +192,8 @@ def _add_augmentation(p, *, evaluation=False):
 
 
 def _add_train(p):
+    p.add_argument("data_dir", nargs="?", metavar="DIR",
+                   help="the data folder, as timm's positional DATA (the same as --data DIR)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--val-data", metavar="DIR", help="validation ImageFolder (default: DATA/val when it exists)")
     g.add_argument("--model", default="resnet50", help="a torchvision model name, or a timm one when timm is "
@@ -182,15 +214,18 @@ def _add_train(p):
                    help="channels-last model; the loader writes NHWC, no copy")
     g.add_argument("--backend", default="fused", choices=["fused", "dali", "none"],
                    help="mixing by the fused kernel, by DALI's own operators, or no mixing")
-    g.add_argument("--max-steps", type=positive_int, metavar="N",
+    g.add_argument("--max-steps", "--train-steps-per-epoch", "--train-batches-per-epoch", dest="max_steps",
+                   type=positive_int, metavar="N",
                    help="stop each epoch after N steps, for smoke runs (default: whole epochs)")
     g = p.add_argument_group("output and resuming")
     g.add_argument("--output", default="runs/train", metavar="DIR",
-                   help="checkpoints, metrics.csv, summary.json; an existing run there is never overwritten "
-                        "without --resume or --overwrite")
+                   help="checkpoints, metrics.csv, summary.json, args.json; an existing run there is never "
+                        "overwritten without --resume or --overwrite; one trainer at a time (train.lock)")
     g.add_argument("--resume", nargs="?", const="", metavar="CKPT",
-                   help="continue from CKPT (model, optimiser, schedule, loader, history); a bare --resume "
-                        "continues OUTPUT/checkpoint-last.pt (default: a new run)")
+                   help="continue from CKPT (model, optimiser, schedule, loader, history, mid-epoch after Ctrl-C "
+                        "or SIGTERM) with the run's own flags (a flag given with another value is an error, except "
+                        "--epochs, --output, --data, --val-data, --threads, --keep-checkpoints, --no-progress); a "
+                        "bare --resume continues OUTPUT/checkpoint-last.pt (default: a new run)")
     g.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     g.add_argument("--keep-checkpoints", "--checkpoint-hist", type=non_negative_int, default=3, metavar="N",
                    help="numbered checkpoints kept besides checkpoint-last.pt and checkpoint-best.pt "
@@ -201,7 +236,7 @@ def _add_train(p):
 def _add_bench_only(p):
     # Flags of the benchmark alone (bench.py reads them); shared flags come from _add_data / _add_common.
     g = p.add_argument_group("benchmark (steady state: one loader alive at a time, warm-up excluded)")
-    g.add_argument("--workers", type=non_negative_int, default=2, metavar="N",
+    g.add_argument("-j", "--workers", type=non_negative_int, default=2, metavar="N",
                    help="DataLoader workers of the torch+timm configuration")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="output dtype of every configuration (like for like)")
@@ -225,9 +260,17 @@ def _add_bench_only(p):
 
 # -- subcommands -------------------------------------------------------------------------------------------------
 def _cmd_make_sample_data(args) -> int:
+    import shutil
+    from pathlib import Path
     from .sample_data import make_sample_data
-    root = make_sample_data(args.dir, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                            seed=args.seed)
+    created = not Path(args.dir).exists()
+    try:
+        root = make_sample_data(args.dir, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                                seed=args.seed)
+    except BaseException:
+        if created:  # a failed (or interrupted) run leaves no folder it made
+            shutil.rmtree(args.dir, ignore_errors=True)
+        raise
     count = sum(1 for _ in root.rglob("*.jpg"))
     print(f"wrote {count} JPEGs to {root} (train/ and val/, one folder per class)")
     return 0
@@ -261,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     """in: nothing -> out: the parser of every subcommand (no prefix matching: ``--epoch`` is not ``--epochs``)."""
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, allow_abbrev=False,
                                      formatter_class=_HelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _subparser(sub, "make-sample-data", "write the built-in sample dataset (generated JPEGs, ImageFolder)")
     p.add_argument("dir", help="output folder (train/ and val/ are created inside)")
@@ -277,13 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mixing(p)
     _add_augmentation(p)
     p.add_argument("--save", default="mixed-batch.png", metavar="FILE",
-                   help="PNG of the mixed batch, each tile labelled ('' to skip)")
+                   help="PNG of the mixed batch, each tile labelled ('' to skip); its folder is created when the "
+                        "batch is ready")
     _add_common(p)
+    # one lambda per sample: the picture shows Mixup and CutMix over the whole range of lambda; in batch mode
+    # it shows a single draw (seed 0: one CutMix box of 3 % on every tile), which looks like no mixing at all
+    p.set_defaults(mode="elem")
     p.set_defaults(func=_cmd_demo)
 
     p = _subparser(sub, "bench", "loader throughput: ours (kernels after the iterator or in the DALI graph) vs "
                                  "plain DALI, DALI's own ops, DALI + timm, DataLoader + timm")
-    _add_data(p, num_classes=False)
+    _add_data(p, num_classes=False, timm_workers=False)  # bench's -j/--workers: the DataLoader's, timm's meaning
     _add_bench_only(p)
     _add_common(p)
     p.set_defaults(func=_cmd_bench)
@@ -302,9 +349,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _did_you_mean(parser: argparse.ArgumentParser, unknown: List[str]) -> str:
-    flags = [s for a in parser._actions for s in a.option_strings]
-    hints = [m for u in unknown if u.startswith("--") for m in difflib.get_close_matches(u.split("=")[0], flags, 1)]
+    """Close spellings only: the name without its dashes against each flag's, difflib ratio >= 0.75 ("--epoch":
+    --epochs; "--opt": nothing, though "--crop-pct" shares three letters with it)."""
+    flags = {s.lstrip("-"): s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+    hints = [flags[m] for u in unknown if u.startswith("--")
+             for m in difflib.get_close_matches(u.split("=")[0].lstrip("-"), list(flags), 1, cutoff=0.75)]
+    hints = list(dict.fromkeys(hints))
     return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
+def _unknown_flags(subparser: argparse.ArgumentParser, command: str, unknown: List[str]) -> str:
+    """The error for words the subcommand does not take: timm's train.py flags refused by name with what the
+    trainer does instead, anything else as unrecognised with close spellings."""
+    from .timm_flags import refusal
+    refused = [refusal(w.split("=")[0]) for w in unknown if w.startswith("-")] if command == "train" else []
+    refused = [r for r in refused if r]
+    if refused:
+        return "; ".join(dict.fromkeys(refused))
+    return f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(subparser, unknown)}"
+
+
+def given_flags(subparser: argparse.ArgumentParser, words: List[str]) -> Dict[str, str]:
+    """in: a subcommand's parser, the words after the subcommand -> out: {dest: flag as typed} of every flag the
+    words set (a resumed run takes the others from the run)."""
+    actions = subparser._option_string_actions
+    given = {}
+    for word in words:
+        if word == "--":
+            break
+        name = word.split("=")[0]
+        action = actions.get(name) or (actions.get(word[:2]) if word[:1] == "-" and word[1:2] != "-" else None)
+        if action is not None and action.dest is not argparse.SUPPRESS:
+            given[action.dest] = name if name in actions else word[:2]
+    return given
 
 
 def loader_options(args, flags: Dict[str, str], loader_fn) -> dict:
@@ -327,10 +404,28 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     """in: command-line words (default: sys.argv[1:]) -> out: the parsed flags. An unknown flag prints the
     subcommand's usage (not the top-level one) and exits 2."""
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(words)
+    if args.command is None:  # a bare dali-mixup (as git): what it can do, on stderr, exit 2
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(parser, unknown)}")
+        parser.print_help(sys.stderr)
+        sys.exit(2)
+    subparser = parser.subcommands[args.command]
+    dir_word = getattr(args, "data_dir", None)
+    if dir_word is not None and unknown:  # "--epoch 3": the 3 is the unknown flag's value, not timm's DIR
+        at = words.index(dir_word)
+        if at > 0 and words[at - 1] in unknown and words[at - 1].startswith("-") and "=" not in words[at - 1]:
+            unknown.insert(unknown.index(words[at - 1]) + 1, dir_word)
+            args.data_dir = None
     if unknown:
-        subparser = parser.subcommands[args.command]
-        subparser.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(subparser, unknown)}")
+        subparser.error(_unknown_flags(subparser, args.command, unknown))
+    args.given = given_flags(subparser, words[words.index(args.command) + 1:])
+    if getattr(args, "data_dir", None) is not None:  # timm's positional DATA
+        if args.data is not None and args.data != args.data_dir:
+            subparser.error(f"the data folder is given twice: DIR {args.data_dir} and --data {args.data}")
+        args.data = args.data_dir
+        args.given["data"] = "DIR"
     if args.command in ("demo", "train"):
         from . import loader
         try:
@@ -374,12 +469,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     traceback)."""
     args = parse_args(argv)
     _log_to_stderr()
+    _set_image_limits(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if getattr(exc, "exit_status", None) is not None:  # train stopped by a signal, its checkpoint saved
+            print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+            return exc.exit_status
         if args.debug:
             raise
         # errors about the input name the flag or file; for anything else the traceback may help

@@ -6,7 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalization"]
+import numpy as np
+
+__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalization",
+           "normalization_constants"]
 
 MODES = ("batch", "pair", "elem")
 PAIRINGS = ("permutation", "flip")
@@ -46,6 +49,14 @@ def check_normalization(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tu
     if any(v <= 0 for v in checked[1]):
         raise ValueError(f"std must be > 0, got {std!r}")
     return checked[0], checked[1]
+
+
+def normalization_constants(mean: Sequence[float], std: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """(scale, bias), float32 (3,), with ``(x / 255 - mean) / std == x * scale + bias`` (timm's convention): the
+    per-channel constants both kernels and the oracle use."""
+    mean = np.asarray(mean, np.float64)
+    std = np.asarray(std, np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 def _probability(name, value):
@@ -129,6 +140,11 @@ class MixupConfig:
     def mixes(self) -> bool:
         """False when this config can never change a sample (no α, no minmax, or prob = 0)."""
         return self.prob > 0.0 and (self.mixup_alpha > 0.0 or self.effective_cutmix_alpha > 0.0)
+
+    def no_mix(self) -> "MixupConfig":
+        """This config with mixing off: the same classes and label smoothing (plain normalisation and smoothed
+        one-hot targets), what a batch gets while mixing is switched off."""
+        return MixupConfig(self.num_classes, mixup_alpha=0.0, label_smoothing=self.label_smoothing)
 
     @property
     def off_on(self) -> Tuple[float, float]:

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from . import kernels
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
+from .config import (IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
+                     normalization_constants)
 from .kernels import pixel_math as pm
 from .mixing import LAYOUTS, OUT_DTYPES
-from .params import sample_params
-from .reference import normalization_constants
+from .params import batch_key, sample_params
 
 __all__ = ["mix", "import_dali"]
 
@@ -90,10 +90,7 @@ class _RunKey:
         self.batch_size, self.batches_per_epoch, self.first_epoch = batch_size, batches_per_epoch, first_epoch
 
     def __call__(self, info):
-        epoch, step = self.first_epoch + info.epoch_idx, info.iteration
-        if self.batches_per_epoch is not None:
-            more, step = divmod(step, self.batches_per_epoch)
-            epoch += more
+        epoch, step = batch_key(info.iteration, self.batches_per_epoch, self.first_epoch + info.epoch_idx)
         key = np.array([epoch, step], np.int64)
         return [key] * self.batch_size
 
@@ -105,7 +102,7 @@ class _ParamTable:
 
     def __init__(self, cfg: MixupConfig, seed: int, rank: int, enabled: Optional[Callable[[int], bool]]):
         self.cfg, self.seed, self.rank, self.enabled = cfg, seed, rank, enabled
-        self.no_mix = MixupConfig(cfg.num_classes, mixup_alpha=0.0, label_smoothing=cfg.label_smoothing)
+        self.no_mix = cfg.no_mix()
 
     def __call__(self, keys, shapes, labels, flips=None):
         n = len(shapes)

@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import image_headers
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label, scan_shard, scan_shard_images
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "find_dataset", "find_classes", "find_corrupt", "without_corrupt",
@@ -40,7 +41,11 @@ _PROBLEMS = {
     "special": (ValueError, "not regular (a folder, pipe or device)"),
     "empty": (ValueError, "empty (0 bytes; skip_corrupt=True leaves empty and corrupt images out)"),
     "corrupt": (ValueError, "corrupt (not decodable; skip_corrupt=True leaves corrupt images out)"),
+    "undecodable": (ValueError, "not in a format DALI decodes (skip_corrupt=True leaves such images out)"),
+    "too_large": (ValueError, "too large to decode safely (skip_corrupt=True leaves such images out; the limits: "
+                              "dali_mixup.image_headers, --max-image-pixels, --max-aspect-ratio)"),
 }
+_SKIPPABLE = ("empty", "undecodable", "too_large")  # left out by skip_corrupt at the scan
 
 
 _NOT_READ = {  # what an ImageFolder leaves out on purpose (counted in Dataset, logged)
@@ -135,7 +140,38 @@ def _file_problem(path: str) -> Tuple[Optional[str], Optional[Tuple[int, int]]]:
 
 
 def _check_chunk(paths: Sequence[str]):
-    return [_file_problem(p) for p in paths]
+    return [_with_header(p, _file_problem(p)) for p in paths]
+
+
+def _with_header(path: str, found: tuple) -> tuple:
+    """A file that passed the stat checks: what its header says (image_headers), as (kind, detail)."""
+    if found[0] is not None:
+        return found
+    try:
+        bad = image_headers.header_problem(path)
+    except OSError:
+        return "unreadable", None
+    return bad if bad is not None else found
+
+
+def _check_shard_headers(shard: str) -> None:
+    """The image members of a shard, by their headers (image_headers): one DALI cannot decode, or one too large
+    to decode safely, is an error naming the shard, the sample key and what its header says."""
+    problems = []
+
+    def fine(fh) -> bool:
+        problem = image_headers.stream_problem(fh)
+        if problem is not None and "header does not parse" in problem[1]:
+            return True  # a known format, broken: DALI fails on it cleanly, and the read names shard and key
+        if problem is not None:
+            problems.append(problem[1])
+        return problem is None
+
+    bad = scan_shard_images(shard, fine)
+    if bad:
+        shown = [f"{key} ({what})" for key, what in zip(bad, problems)]
+        raise ValueError(f"{shard}: {len(bad)} image(s) refused by their header (not in a format DALI decodes, or "
+                         f"too large to decode safely): sample(s) {_name_some(shown)}")
 
 
 def _check_files(paths: Sequence[str], where: Sequence[str], source: str, skip_empty: bool) -> Tuple[List[int], list]:
@@ -152,15 +188,22 @@ def _check_files(paths: Sequence[str], where: Sequence[str], source: str, skip_e
     else:  # a local one: threads would only contend for the GIL
         results += [r for chunk in chunks[1:] for r in _check_chunk(chunk)]
     problems: Dict[str, List[str]] = {}
-    keep, ids = [], []
+    keep, ids, left_out = [], [], []
     for i, (problem, ident) in enumerate(results):
         if problem is None:
             keep.append(i)
             ids.append(ident)
-        elif not (problem == "empty" and skip_empty):
+        elif problem in _SKIPPABLE and skip_empty:
+            if problem != "empty":
+                left_out.append(f"{where[i]} ({ident})")
+        else:
             shown = where[i] if problem != "name" else repr(os.fsencode(paths[i]))
+            shown += f" ({ident})" if isinstance(ident, str) else ""  # what the header said
             problems.setdefault(problem, []).append(shown)
     _raise_problems(problems, source)
+    if left_out:
+        log.warning("%s: skipped %d image(s) that DALI cannot decode or that are too large to decode safely: %s",
+                    source, len(left_out), _name_some(left_out))
     return keep, ids
 
 
@@ -378,6 +421,7 @@ def _webdataset(shards: Sequence[str], source: str, num_classes: Optional[int]) 
             repeated.append(shard)
         else:
             scanned[real] = scan_shard(shard, num_classes)
+            _check_shard_headers(shard)
         shard_labels, junk = scanned[real]
         labels += shard_labels
         sizes.append(len(shard_labels))
@@ -490,7 +534,7 @@ def _looks_decodable(fh) -> bool:
 
 
 def _problem_or_corrupt(path: str) -> Optional[str]:
-    problem, _ = _file_problem(path)
+    problem, _ = _with_header(path, _file_problem(path))
     if problem is not None:
         return problem
     try:

@@ -67,6 +67,26 @@ def _pixels(images, mean, std) -> np.ndarray:
     return (images.float() * s + m).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def _save_new(save, path: Path) -> None:
+    """Write ``path`` with ``save(path)``, creating its missing folders now (the batch is ready); a save that
+    fails removes the folders it created, so a failed demo leaves nothing behind."""
+    missing = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(path)
+    except BaseException:
+        for folder in missing:  # innermost first; only the empty ones we made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def run(args) -> int:
     """in: the parsed ``demo`` flags -> out: exit status 0; prints the batch and saves its picture."""
     import dali_mixup as dm
@@ -100,6 +120,6 @@ def run(args) -> int:
         where = f"  (partner: sample {int(params.partner[i])})" if lam < 1 else ""
         print(f"  sample {i:3d}: {kind:6s} {' '.join(captions[-1])}{where}")
     if args.save:
-        save_picture(_pixels(images, loader.mean, loader.std), captions, Path(args.save))
+        _save_new(lambda path: save_picture(_pixels(images, loader.mean, loader.std), captions, path), Path(args.save))
         print(f"saved the mixed batch to {args.save} (tiles in sample order, 8 per row, labelled as above)")
     return 0

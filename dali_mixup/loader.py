@@ -17,6 +17,7 @@ import numbers
 import os
 import threading
 import warnings
+import weakref
 from functools import partial
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -27,9 +28,10 @@ from . import dali
 from .augment import check_augment
 from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
+from .cuda_runtime import runtime_for
 from .mixing import LAYOUTS, OUT_DTYPES, mix_batch, precompile_in_background
 from .order import epoch_order
-from .params import sample_params
+from .params import batch_key, sample_params
 from .dali import import_dali
 from .pipeline import DALI_SEED_MAX, MixParamSource, build_pipeline, pipeline_seed
 
@@ -96,16 +98,16 @@ class _InFlight:
 
     Memory rule: DALI 2.x (dynamic executor) hands its outputs to torch zero-copy (``torch.from_dlpack``); DALI owns
     that memory and may reuse it as soon as the last reference is gone, while torch's stream, which runs behind the
-    host, may still have to read it. So a batch read by kernels we queued (the fused epilogue) is held until a CUDA
-    event recorded right after those kernels has completed; a batch handed to the caller as is (backends "none" and
-    "dali" on the GPU) is held until an event recorded at the next call (after the caller's step was queued) has.
-    At most ``depth`` batches are held: past that the host waits for the oldest, i.e. it runs at most ``depth``
-    batches ahead of the GPU. On the CPU nothing is queued, so nothing is held.
+    host, may still have to read it. So a batch read by work we queued (the fused epilogue's kernels, or the copy
+    into memory the caller owns) is held until a CUDA event recorded right after that work has completed; a batch
+    handed to the caller as is (``zero_copy=True``) is held until an event recorded at the next call (after the
+    caller's step was queued) has. Each entry is waited for BEFORE it is let go. At most ``depth`` batches are held:
+    past that the host waits for the oldest, i.e. it runs at most ``depth`` batches ahead of the GPU. On the CPU
+    nothing is queued, so there is no ring.
     """
 
-    def __init__(self, depth: int, device: torch.device, new_event: Callable = None):
-        self.depth, self.device = depth, device
-        self._new_event = new_event or torch.cuda.Event
+    def __init__(self, depth: int, runtime):
+        self.depth, self._rt = depth, runtime
         self._held = collections.deque()  # [event or None, tensors]; None: waiting for the next call's event
 
     def __len__(self) -> int:
@@ -115,32 +117,68 @@ class _InFlight:
         """Hold ``tensors`` (a batch's DALI outputs): read by work already queued on torch's current stream, or
         handed to the caller (then covered by the event of the next ``hold``/``mark``)."""
         self.mark()
-        self._held.append([self._record() if read_by_queued_work else None, tensors])
+        self._held.append([self._rt.record_event() if read_by_queued_work else None, tensors])
         self._release()
 
     def mark(self) -> None:
         """Record one event for the batches handed out since the last call (the caller's step has been queued)."""
         waiting = [entry for entry in self._held if entry[0] is None]
         if waiting:
-            event = self._record()
+            event = self._rt.record_event()
             for entry in waiting:
                 entry[0] = event
 
     def clear(self) -> None:
-        """Wait for every held batch's event, then let go of them all (end of an epoch, rebuild)."""
+        """Wait for every held batch's event, then let go of them all (end of an epoch, rebuild, close)."""
         self.mark()
         while self._held:
-            self._held.popleft()[0].synchronize()
-
-    def _record(self):
-        event = self._new_event()
-        event.record(torch.cuda.current_stream(self.device))  # the stream mix_batch launches on
-        return event
+            self._let_go_oldest()
 
     def _release(self) -> None:
         while self._held and self._held[0][0] is not None and (
                 len(self._held) > self.depth or self._held[0][0].query()):
-            self._held.popleft()[0].synchronize()  # returns at once when the event has completed
+            self._let_go_oldest()
+
+    def _let_go_oldest(self) -> None:
+        self._held[0][0].synchronize()  # first the wait (at once when the event has completed) ...
+        self._held.popleft()  # ... then DALI may have its memory back
+
+
+class _MixSwitch:
+    """Whether a batch of ``epoch`` is mixed: ``loader.mixup_enabled`` and ``loader.mixup_schedule``. The
+    pipelines ask it when DALI runs a batch (backend "dali", placement "graph"); it holds no reference to the
+    loader, so a loader and its pipelines form no cycle."""
+
+    def __init__(self, enabled: bool, can_mix: bool):
+        self.enabled, self.can_mix = enabled, can_mix
+        self.schedule: Optional[Callable[[int], bool]] = None
+
+    def __call__(self, epoch: int) -> bool:
+        if not (self.enabled and self.can_mix):
+            return False
+        return bool(self.schedule(epoch)) if self.schedule is not None else True
+
+
+class _Owned:
+    """What a loader owns that holds DALI memory: its pipeline and iterator, the next epoch's pipeline being made,
+    and the ring of batches that queued GPU work still reads. ``release`` lets them go in the one safe order: the
+    background build joined, the queued work waited for, then the pipelines. It holds no reference to the loader,
+    so ``weakref.finalize`` runs it when the loader is deleted (or at interpreter exit) as ``close()`` does."""
+
+    def __init__(self, ring: Optional[_InFlight]):
+        self.ring = ring
+        self.pipe = self.iterator = self.source = None
+        self.next = None  # (epoch, thread, box) of the next epoch's pipeline being made: _prepare_next
+
+    def release(self) -> None:
+        pending, self.next = self.next, None
+        if pending is not None:
+            if pending[1] is not threading.current_thread():  # the build itself held the loader's last reference
+                pending[1].join()
+            pending[2].clear()
+        if self.ring is not None:
+            self.ring.clear()
+        self.pipe = self.iterator = self.source = None
 
 
 class _Position(NamedTuple):
@@ -163,6 +201,13 @@ class _Built(NamedTuple):
     source: Optional[MixParamSource]
 
 
+def _alive(ref) -> "DaliMixupLoader":
+    loader = ref()
+    if loader is None:
+        raise ReferenceError("the DaliMixupLoader this sampler belongs to has been deleted")
+    return loader
+
+
 class EpochSampler:
     """``loader.sampler``: the part of a DataLoader's sampler that training scripts call. ``set_epoch(epoch)``
     sets the epoch of the loader's next pass (``DistributedSampler.set_epoch``'s meaning: the file order,
@@ -170,7 +215,11 @@ class EpochSampler:
     this rank reads per epoch. A training epoch reads ``order.epoch_order(n, seed, epoch)``, each rank its slice."""
 
     def __init__(self, loader: "DaliMixupLoader"):
-        self._loader = loader
+        self._ref = weakref.ref(loader)  # the loader holds its sampler: no cycle (a dropped loader is freed at once)
+
+    @property
+    def _loader(self) -> "DaliMixupLoader":
+        return _alive(self._ref)
 
     def set_epoch(self, epoch: int) -> None:
         self._loader.set_epoch(epoch)
@@ -187,8 +236,12 @@ class BatchSampler:
     """``loader.batch_sampler``: ``batch_size``, ``drop_last``, ``sampler`` and ``len()`` (batches per epoch)."""
 
     def __init__(self, loader: "DaliMixupLoader"):
-        self._loader = loader
+        self._ref = weakref.ref(loader)
         self.sampler = loader.sampler
+
+    @property
+    def _loader(self) -> "DaliMixupLoader":
+        return _alive(self._ref)
 
     @property
     def batch_size(self) -> int:
@@ -220,7 +273,7 @@ class DaliMixupLoader:
     def __init__(self, dataset: Dataset, *, batch_size, num_classes, train, image_size, mixup, backend, device,
                  num_threads, seed, shard_id, num_shards, out_dtype, layout, mean, std, device_id,
                  scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, augment: Optional[dict] = None,
-                 targets: str = "soft", placement: str = "epilogue"):
+                 targets: str = "soft", placement: str = "epilogue", zero_copy: bool = False):
         self.dataset = dataset
         self.placement = placement
         self.batch_size, self.num_classes, self.train, self.image_size = batch_size, num_classes, train, image_size
@@ -235,9 +288,8 @@ class DaliMixupLoader:
         self.augment = dict(scale=tuple(scale), ratio=tuple(ratio), hflip=float(hflip), **(augment or {}))
         self.targets = targets
         self.device = torch.device("cuda", device_id) if device == "gpu" else torch.device("cpu")
-        self.mixup_enabled = mixup is not None and train
-        #: optional callable(epoch) -> bool, consulted at every batch (e.g. ``lambda e: e < off_epoch``)
-        self.mixup_schedule: Optional[Callable[[int], bool]] = None
+        self.zero_copy = zero_copy
+        self._switch = _MixSwitch(mixup is not None and train, mixup is not None)
         self.epoch = 0
         self.step = 0
         self._stopped = False  # StopIteration was raised: next() raises it again until a new iter(loader)
@@ -245,15 +297,17 @@ class DaliMixupLoader:
         self._running = None  # the thread inside next(); _before: the position when that next() began
         self._before = self._restart = None  # _restart: a next() was interrupted: go on from that _Position
         self._in_epoch = False
-        self._in_flight = _InFlight(_PREFETCH_DEPTH + 2, self.device) if self.device.type == "cuda" else None
-        self._no_mix = MixupConfig(num_classes, mixup_alpha=0.0,
-                                   label_smoothing=mixup.label_smoothing if mixup is not None else 0.0)
+        self._rt = runtime_for(self.device)  # None on the CPU: nothing runs behind the host there
+        self._in_flight = _InFlight(_PREFETCH_DEPTH + 2, self._rt) if self._rt is not None else None
+        self._owned = _Owned(self._in_flight)
+        # del, close() or interpreter exit: the GPU work reading DALI's buffers completes, then they go
+        self._finalizer = weakref.finalize(self, self._owned.release)
+        self._no_mix = mixup.no_mix() if mixup is not None else MixupConfig(num_classes, mixup_alpha=0.0)
         self.sampler = EpochSampler(self)
         self.batch_sampler = BatchSampler(self)
         self._check_fits()
         #: the background compile of the CUDA kernels (fused backend on the GPU), or None; see _precompile
         self.precompile_thread = self._precompile()
-        self._next = None  # (epoch, thread, result) of the next epoch's pipeline being made: _prepare_next
         self._build()
 
     def _precompile(self):
@@ -335,8 +389,8 @@ class DaliMixupLoader:
         if self.backend == "dali":
             runs = self._runs_per_epoch()
             source = MixParamSource(self.mixup if self.mixup is not None else self._no_mix, self.batch_size,
-                                    self.image_size, self.seed, self.shard_id, runs, first_run=epoch * runs)
-            source.enabled = self._mixing_on
+                                    self.image_size, self.seed, self.shard_id, runs, first_epoch=epoch)
+            source.enabled = self._switch
         pipe = build_pipeline(
             self.dataset, batch_size=self.batch_size, train=self.train, image_size=self.image_size,
             device=self.device_kind, num_threads=self.num_threads, seed=self._epoch_seed(epoch),
@@ -364,10 +418,34 @@ class DaliMixupLoader:
         self._use(self._make_pipeline(self.epoch, checkpoint))
 
     def _use(self, built: Optional[_Built]) -> None:
-        if getattr(self, "_in_flight", None) is not None:
+        if self._in_flight is not None:
             self._in_flight.clear()  # the old pipeline's buffers: let its queued readers finish first
-        self._pipe, self._iter, self._source = (built.pipe, built.iterator, built.source) if built else (None,) * 3
+        owned = self._owned
+        owned.pipe, owned.iterator, owned.source = (built.pipe, built.iterator, built.source) if built else (None,) * 3
         self._built_for, self._started = (built.epoch if built else None), False
+
+    # the pipeline's objects live in self._owned (see _Owned)
+    _pipe = property(lambda self: self._owned.pipe)
+    _source = property(lambda self: self._owned.source)
+    _iter = property(lambda self: self._owned.iterator, lambda self, it: setattr(self._owned, "iterator", it))
+    _next = property(lambda self: self._owned.next, lambda self, nxt: setattr(self._owned, "next", nxt))
+
+    def close(self) -> None:
+        """Let the loader's DALI pipelines go now (threads, pinned and device memory), after the GPU work that
+        reads their buffers has completed; batches already handed out stay valid. Also done by ``del`` (the
+        loader is in no reference cycle), at the end of a ``with`` block, and at interpreter exit. A closed
+        loader cannot be iterated again."""
+        self._finalizer()
+
+    def __enter__(self) -> "DaliMixupLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if not self._finalizer.alive:
+            raise RuntimeError("this DaliMixupLoader is closed (close() or a with block ended): create a new one")
 
     def _prepare_next(self) -> None:
         """Start making the next epoch's pipeline, and running it up to its first batch, in a background thread
@@ -410,13 +488,29 @@ class DaliMixupLoader:
         return partial(dali.mix, cfg=self.mixup if self.mixup is not None else self._no_mix, seed=self.seed,
                        rank=self.shard_id, batches_per_epoch=self._runs_per_epoch(), first_epoch=epoch,
                        mean=self.mean, std=self.std,
-                       out_dtype=self.out_dtype, layout=self.layout, enabled=self._mixing_on)
+                       out_dtype=self.out_dtype, layout=self.layout, enabled=self._switch)
 
     # -- mixing switch ----------------------------------------------------------------------------------------
-    def _mixing_on(self, epoch: int) -> bool:
-        if not self.mixup_enabled or self.mixup is None:
-            return False
-        return bool(self.mixup_schedule(epoch)) if self.mixup_schedule is not None else True
+    @property
+    def mixup_enabled(self) -> bool:
+        """False: batches are not mixed (plain normalisation and (smoothed) one-hot targets), e.g. for the last
+        epochs of a recipe; saved in ``state_dict``."""
+        return self._switch.enabled
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        self._switch.enabled = bool(value)
+
+    @property
+    def mixup_schedule(self) -> Optional[Callable[[int], bool]]:
+        """Optional callable(epoch) -> bool, consulted at every batch (e.g. ``lambda e: e < off_epoch``)."""
+        return self._switch.schedule
+
+    @mixup_schedule.setter
+    def mixup_schedule(self, schedule: Optional[Callable[[int], bool]]) -> None:
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"mixup_schedule must be a callable(epoch) -> bool or None, got {schedule!r}")
+        self._switch.schedule = schedule
 
     # -- iteration --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -425,6 +519,7 @@ class DaliMixupLoader:
     def __iter__(self):
         """Start a pass (``self.epoch``'s), or continue the one under way (resumed, or left with ``break``)."""
         with self._lock:
+            self._check_open()
             self._refuse_reentry("iter()")
             self._stopped = False
             if not self._in_epoch:
@@ -449,6 +544,7 @@ class DaliMixupLoader:
         signal handler) loses nothing: the next call makes that batch again, and a ``state_dict()`` taken
         meanwhile (or from the handler) is the position of the batches handed out."""
         with self._lock:
+            self._check_open()
             self._refuse_reentry("next()")
             if self._stopped:
                 raise StopIteration
@@ -486,37 +582,53 @@ class DaliMixupLoader:
         """The next batch of this epoch (the step is counted by the caller)."""
         self._started = True
         batch = self._next_batch()
+        shared = []  # outputs handed to the caller as DALI's own memory (zero_copy)
         if self._mixed_in_graph:
             images = batch["images"]
             if images.dtype == torch.int16:  # bfloat16 mixed in the graph comes as its bits (DALI has no bfloat16)
                 images = images.view(torch.bfloat16)
-            images = images.to(self.device, self.out_dtype, non_blocking=True)
-            targets = batch["targets"].to(self.device, torch.float32, non_blocking=True)
+            images = self._hand_out(images, self.out_dtype, shared)
+            targets = self._hand_out(batch["targets"], torch.float32, shared)
         else:
             images_u8, labels, flip = batch["images"], batch["labels"], batch["flip"]
             n, h, w, _ = images_u8.shape
-            cfg = self.mixup if self._mixing_on(self.epoch) else self._no_mix
-            params = sample_params(cfg, n, h, w, seed=self.seed, epoch=self.epoch, step=self.step,
-                                   rank=self.shard_id)
+            cfg = self.mixup if self._switch(self.epoch) else self._no_mix
+            epoch, step = batch_key(self.step, None, self.epoch)  # the pipeline's run = this epoch's step
+            params = sample_params(cfg, n, h, w, seed=self.seed, epoch=epoch, step=step, rank=self.shard_id)
             images, targets = mix_batch(images_u8, labels, cfg, params,
                                         mean=self.mean, std=self.std, out_dtype=self.out_dtype, layout=self.layout,
                                         flip=flip.cpu().numpy(), check_labels=False,
                                         cpu_threads=self._kernel_threads)
         if self.targets == "index":  # a copy: the caller's to keep, whatever DALI does with its own buffer
-            targets = batch["labels"].to(self.device, torch.int64, non_blocking=True, copy=True)
+            targets = (self._rt.owned_copy(batch["labels"], torch.int64) if self._rt is not None else
+                       batch["labels"].to(torch.int64, copy=True))
         if self._in_flight is not None:
-            # graph/other backends: the outputs may be DALI's own memory, now the caller's; epilogue: the kernels
-            # just queued read DALI's memory. See _InFlight.
-            self._in_flight.hold(tuple(batch.values()), read_by_queued_work=not self._mixed_in_graph)
+            # DALI's buffers are read by work just queued (the kernels, the copies into the caller's memory): held
+            # until it has completed; or handed out as they are (zero_copy): held until the next call. See _InFlight.
+            self._in_flight.hold(tuple(batch.values()), read_by_queued_work=not shared)
         if self._next is None and self.step + 1 >= max(1, len(self) - _PREFETCH_DEPTH):
             self._prepare_next()  # this pipeline has produced its last batches: make the next one meanwhile
         return images, targets
+
+    def _hand_out(self, tensor: torch.Tensor, dtype: torch.dtype, shared: list) -> torch.Tensor:
+        """A DALI output as the caller gets it: on the GPU, a copy in memory the caller owns (torch's, filled on
+        the current stream), or with ``zero_copy`` DALI's own memory when nothing needs converting (then noted in
+        ``shared``); on the CPU, ``tensor`` itself (DALI reuses no CPU buffer a reference is left to, and nothing
+        runs behind the host)."""
+        if self._rt is None:
+            return tensor.to(dtype)
+        if self.zero_copy and tensor.dtype == dtype and self._rt.is_on_device(tensor):
+            shared.append(tensor)
+            return tensor
+        return self._rt.owned_copy(tensor, dtype)
 
     def _next_batch(self) -> dict:
         """DALI's next batch of this epoch; StopIteration after ``len(self)`` batches (what is left of DALI's
         epoch, padding or a larger shard's extra batch, goes with the pipeline: the next pass builds its own)."""
         if self.step >= len(self):
             raise StopIteration
+        if self._iter is None:
+            self._check_open()
         return next(self._iter)[0]
 
     def _explain(self, exc: RuntimeError) -> Exception:
@@ -555,6 +667,7 @@ class DaliMixupLoader:
         what it was saved over (``_stream_identity``): the position after the batches handed out so far. From
         another thread during ``next()``: after that batch (it waits); from a signal handler during ``next()``:
         before it (the batch is not handed out yet; an exception from the handler does not lose it)."""
+        self._check_open()
         if self._running == threading.get_ident() and self._before is not None and self._before.dali is not None:
             position = self._before  # a signal handler, inside next(): the batches handed out so far
         else:
@@ -570,6 +683,7 @@ class DaliMixupLoader:
         every field is checked and the new pipeline made before anything changes; on an error the loader is as
         it was (its pass, position and mixing switch)."""
         with self._lock:
+            self._check_open()
             self._refuse_reentry("load_state_dict()")
             position = self._check_state(state)
             try:  # mid-epoch: that epoch's pipeline where it was; between epochs: the next epoch's, fresh
@@ -651,7 +765,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                        color_jitter: Union[None, float, Sequence[float]] = None, auto_augment: Optional[str] = None,
                        re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1, crop_pct: float = 0.875,
                        val_resize_size: Optional[int] = None, placement: str = "epilogue",
-                       classes: Union[None, Sequence[str], Mapping[str, int]] = None,
+                       zero_copy: bool = False, classes: Union[None, Sequence[str], Mapping[str, int]] = None,
                        exif_orientation: bool = False) -> DaliMixupLoader:
     """A DALI loader of ``(images, targets)`` with Mixup/CutMix fused in (see the README).
 
@@ -690,6 +804,13 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         placement: backend "fused": where its kernels run, "epilogue" (on DALI's uint8 output, after the
             iterator; the default) or "graph" (inside the DALI pipeline, ``dali_mixup.dali.mix``). Both give the
             same batches, bit for bit; see the README for what each costs.
+        zero_copy: what a batch's memory is on the GPU. False (default): memory the caller owns (torch's,
+            filled on torch's current stream), to keep as long as it likes, like any tensor. True: where DALI
+            produced the batch in its final form (backends "none"/"dali", placement "graph"), its own memory,
+            saving a device-to-device copy; the rule then is that the batch may only be read by work queued on
+            torch's current stream before the next ``next()`` on the loader, and not kept past that call (DALI
+            reuses the memory). The fused epilogue's output is always the caller's. No effect on the CPU, where
+            batches are always the caller's.
         classes: ImageFolder data only: the class numbering, as torchvision's ``class_to_idx`` — a sequence of
             class names (index = position) or a dict name -> index (e.g. the training loader's
             ``loader.dataset.classes``, for an evaluation loader). A class folder it does not name is an error
@@ -721,7 +842,8 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
             raise TypeError(f"mixup must be a MixupConfig or None, got {type(mixup).__name__}")
         if mixup.num_classes != num_classes:
             raise ValueError(f"mixup.num_classes={mixup.num_classes} differs from num_classes={num_classes}")
-    for name, flag in (("train", train), ("skip_corrupt", skip_corrupt), ("exif_orientation", exif_orientation)):
+    for name, flag in (("train", train), ("skip_corrupt", skip_corrupt), ("zero_copy", zero_copy),
+                       ("exif_orientation", exif_orientation)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
     scale, ratio = _pair("scale", scale), _pair("ratio", ratio)
@@ -750,7 +872,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                            device=device, num_threads=num_threads, seed=seed, shard_id=shard_id,
                            num_shards=num_shards, out_dtype=out_dtype, layout=layout, mean=mean, std=std,
                            device_id=device_id, scale=scale, ratio=ratio, hflip=hflip, augment=augment,
-                           targets=targets, placement=placement)
+                           targets=targets, placement=placement, zero_copy=zero_copy)
 
 
 def _check_targets(targets: Optional[str], train: bool, mixup: Optional[MixupConfig]) -> str:

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from . import host_buffers, kernels
-from .config import IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization
+from .config import (IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
+                     normalization_constants)
 from .kernels import pixel_math as pm
+from .cuda_runtime import _numba_cuda, cuda_device, runtime_for
 from .params import MixParams, sample_params
-from .reference import normalization_constants
 
 __all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
 
@@ -26,14 +27,6 @@ LAYOUTS = ("NCHW", "NHWC")
 
 def _cpu_kernels():
     return kernels.load("cpu")  # the first call compiles (or loads numba's cache)
-
-
-def _cuda_kernels():
-    try:
-        return kernels.load("cuda")
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError("CUDA tensors need numba-cuda: pip install 'dali-mixup[cuda13]' "
-                          f"(or numba-cuda[cu12] for CUDA 12): {exc}") from exc
 
 
 def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, device_index: int):
@@ -48,7 +41,7 @@ def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, de
 
     def run():
         try:
-            _cuda_kernels().precompile(OUT_DTYPES[out_dtype], layout == "NCHW", width, device=device_index)
+            _numba_cuda()[0].precompile(OUT_DTYPES[out_dtype], layout == "NCHW", width, device=device_index)
         except Exception as exc:  # noqa: BLE001 - reported by the first batch's own compile
             thread.error = exc
 
@@ -56,20 +49,6 @@ def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, de
     thread.error = None
     thread.start()
     return thread
-
-
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host -> ``device`` copy, asynchronous on torch's current stream.
-
-    Memory rule: a CUDA copy reads its source when the stream gets to it, not when this returns, so the source must
-    be memory that nothing else will reuse before then. The source here is always a fresh copy in torch's pinned
-    memory, never the caller's buffer (which may be DALI's, recycled by DALI, or NumPy's): torch's caching host
-    allocator keeps a pinned block from reuse until the copies recorded on it have completed. (A pageable source
-    would also make the copy wait for the whole stream to drain.)
-    """
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _check_images(images) -> Tuple[int, int, int]:
@@ -85,7 +64,7 @@ def _check_images(images) -> Tuple[int, int, int]:
     return n, h, w
 
 
-def _check_labels(labels, n: int, num_classes: int, device: torch.device, check: bool) -> torch.Tensor:
+def _check_labels(labels, n: int, num_classes: int, device: torch.device, check: bool, rt=None) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(np.asarray(labels))
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -97,10 +76,11 @@ def _check_labels(labels, n: int, num_classes: int, device: torch.device, check:
         if lo < 0 or hi >= num_classes:
             bad = lo if lo < 0 else hi
             raise ValueError(f"labels must lie in [0, num_classes={num_classes}), found {bad}")
-    labels = labels.to(dtype=torch.int64)
-    if labels.device != device:
-        labels = _to_device(labels.cpu(), device) if device.type == "cuda" else labels.to(device)
-    return labels.contiguous()
+    if rt is not None:  # on the GPU: an int64 copy through torch-owned staging unless already there
+        if not rt.is_on_device(labels):
+            return rt.to_device(labels.cpu().contiguous(), torch.int64)
+        return labels.contiguous() if labels.dtype == torch.int64 else rt.owned_copy(labels, torch.int64)
+    return labels.to(device=device, dtype=torch.int64).contiguous()
 
 
 def _check_norm(mean, std) -> Tuple[np.ndarray, np.ndarray]:
@@ -135,32 +115,39 @@ def mix_targets(labels, cfg: MixupConfig, params: MixParams, *, dense: bool = Tr
         params: the batch's ``MixParams`` (the same λ the images were mixed with).
         dense: True -> float32 (B, C) ``λ s(y) + (1 - λ) s(y_partner)``; False -> the compact form
             ``(y_a, y_b, lam)``: int64 (B,), int64 (B,), float32 (B,).
-        device: where the result lives (default: the labels' device).
+        device: where the result lives (default: the labels' device); ``"cuda"`` is torch's current device.
         check_labels: raise on labels outside [0, C) (reads CUDA labels back, a synchronisation).
     """
     n = params.batch_size
-    device = torch.device(device) if device is not None else (
-        labels.device if isinstance(labels, torch.Tensor) else torch.device("cpu"))
-    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
+    device = _target_device(device, labels)
+    rt = runtime_for(device)
+    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels, rt)
     if not dense:
-        partner = _to_device(torch.from_numpy(params.partner), device)
-        return labels, labels[partner], _to_device(torch.from_numpy(params.lam), device)
-    return _dense_targets(labels, params.pack(), cfg, device)
+        partner, lam = torch.from_numpy(params.partner), torch.from_numpy(params.lam)
+        if rt is not None:
+            partner, lam = rt.to_device(partner), rt.to_device(lam)
+        return labels, labels[partner], lam
+    return _dense_targets(labels, params.pack(), cfg, device, rt)
 
 
-def _dense_targets(labels: torch.Tensor, table: np.ndarray, cfg: MixupConfig, device, table_dev=None):
+def _target_device(device, labels) -> torch.device:
+    """``device`` (``"cuda"`` without an index: torch's current device), else the labels' device."""
+    if device is None:
+        return labels.device if isinstance(labels, torch.Tensor) else torch.device("cpu")
+    device = torch.device(device)
+    return cuda_device(device) if device.type == "cuda" else device
+
+
+def _dense_targets(labels: torch.Tensor, table: np.ndarray, cfg: MixupConfig, device, rt, table_dev=None):
     off, on = (np.float32(v) for v in cfg.off_on)
-    out = torch.empty((len(table), cfg.num_classes), dtype=torch.float32, device=device)
-    if device.type == "cuda":
-        k = _cuda_kernels()
-        from numba import cuda
+    shape = (len(table), cfg.num_classes)
+    if rt is not None:
+        out = rt.empty(shape, torch.float32)
         if table_dev is None:
-            table_dev = _to_device(torch.from_numpy(table), device)
-        with cuda.gpus[device.index or 0]:
-            stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
-            k.launch_soft_targets(cuda.as_cuda_array(labels, sync=False), cuda.as_cuda_array(table_dev, sync=False),
-                                  off, on, cuda.as_cuda_array(out, sync=False), stream)
+            table_dev = rt.to_device(torch.from_numpy(table))
+        rt.launch_soft_targets(labels, table_dev, off, on, out)
     else:
+        out = torch.empty(shape, dtype=torch.float32, device=device)
         _cpu_kernels().soft_targets(labels.numpy(), table, off, on, out.numpy())
     return out
 
@@ -196,7 +183,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         ``images_u8`` when the stream reaches them, so its memory must not be reused or overwritten before then.
         Torch-owned tensors are safe (torch's allocator is stream-ordered); memory owned by someone else (DALI's
         zero-copy outputs) must be kept alive until an event recorded after this call has completed, as the DALI
-        loader does. Labels and the parameter table go to the GPU through torch's pinned memory.
+        loader does. Labels and the parameter table are copied into torch-owned pinned staging first, so the
+        caller may reuse its host buffers at once.
     """
     if not isinstance(cfg, MixupConfig):
         raise TypeError(f"cfg must be a MixupConfig, got {type(cfg).__name__}")
@@ -210,34 +198,27 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         raise ValueError(f"cpu_threads must be an int >= 1 or None, got {cpu_threads!r}")
     scale, bias = _check_norm(mean, std)
     device = images_u8.device
-    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels)
+    rt = runtime_for(device)
+    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels, rt)
     params = _resolve_params(cfg, params, n, h, w, dict(seed=seed, epoch=epoch, step=step, rank=rank))
     table = params.pack(_flip_array(flip, n))
 
     nchw = layout == "NCHW"
     shape = (n, 3, h, w) if nchw else (n, h, w, 3)
-    if device.type == "cpu":  # recycled host memory: no page faults on a fresh batch (see host_buffers)
-        images_out = host_buffers.empty(shape, out_dtype)
-    else:
-        images_out = torch.empty(shape, dtype=out_dtype, device=device)
-    kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
-    src = images_u8.contiguous()
     out_kind = OUT_DTYPES[out_dtype]
-    if device.type == "cuda":
-        k = _cuda_kernels()
-        from numba import cuda
-        table_dev = _to_device(torch.from_numpy(table), device)
-        with cuda.gpus[device.index or 0]:
-            stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
-            k.launch_mix_images(cuda.as_cuda_array(src, sync=False), cuda.as_cuda_array(table_dev, sync=False),
-                                scale, bias, cuda.as_cuda_array(kernel_out, sync=False), nchw, out_kind, stream)
-        targets = _dense_targets(labels, table, cfg, device, table_dev)
-    elif device.type == "cpu":
-        k = _cpu_kernels()
-        with k.threads(cpu_threads):
-            k.mix_images(src.numpy().reshape(-1), n, h, w, table, scale, bias, kernel_out.numpy().reshape(-1), nchw,
-                         out_kind)
-        targets = _dense_targets(labels, table, cfg, device)
-    else:
+    if rt is not None:
+        images_out = rt.empty(shape, out_dtype)
+        kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
+        table_dev = rt.to_device(torch.from_numpy(table))
+        rt.launch_mix_images(images_u8.contiguous(), table_dev, scale, bias, kernel_out, nchw, out_kind)
+        return images_out, _dense_targets(labels, table, cfg, device, rt, table_dev)
+    if device.type != "cpu":
         raise ValueError(f"images_u8 must be on the CPU or a CUDA device, got {device}")
+    images_out = host_buffers.empty(shape, out_dtype)  # recycled host memory: no page faults (see host_buffers)
+    kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
+    k = _cpu_kernels()
+    with k.threads(cpu_threads):
+        k.mix_images(images_u8.contiguous().numpy().reshape(-1), n, h, w, table, scale, bias,
+                     kernel_out.numpy().reshape(-1), nchw, out_kind)
+    targets = _dense_targets(labels, table, cfg, device, None)
     return images_out, targets

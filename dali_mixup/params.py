@@ -15,11 +15,24 @@ import numpy as np
 from .config import MixupConfig
 from .kernels import pixel_math as pm
 
-__all__ = ["MixParams", "sample_params"]
+__all__ = ["MixParams", "sample_params", "batch_key"]
 
 # Salt of the counter-based key, so (seed, epoch, step, rank) streams differ from a user's own uses of `seed`.
 _STREAM_SALT = 0x6D69787570  # "mixup"
 _MAX_EXACT = 1 << 24  # indices and sizes are stored as float32 in the packed table
+
+
+def batch_key(run: int, runs_per_epoch: Optional[int] = None, first_epoch: int = 0):
+    """(epoch, step) of a pipeline's run ``run`` (0, 1, ...): the part of a batch's key (seed, epoch, step, rank)
+    that says which batch it is. A pipeline built for epoch ``first_epoch`` runs ``runs_per_epoch`` batches an
+    epoch, so run k is (first_epoch + k // runs_per_epoch, k % runs_per_epoch); None: one long epoch. The one
+    place that says it: the loader's epilogue (run = its step in the epoch), the ``dali`` backend's parameter
+    source and ``dali.mix`` (run = DALI's iteration count) all ask it, so every placement and backend draws the
+    same parameters for the same batch."""
+    if runs_per_epoch is None:
+        return first_epoch, run
+    more, step = divmod(run, runs_per_epoch)
+    return first_epoch + more, step
 
 
 @dataclass(frozen=True)

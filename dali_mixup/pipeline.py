@@ -27,7 +27,7 @@ from .config import MixupConfig
 from .dali import import_dali
 from .datasets import Dataset
 from .order import reorder
-from .params import sample_params
+from .params import batch_key, sample_params
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label
 
 __all__ = ["build_pipeline", "import_dali", "pipeline_seed", "DALI_SEED_MAX"]
@@ -55,21 +55,20 @@ def _parse_cls(cls_bytes, num_classes):
 class MixParamSource:
     """External source of the ``dali`` backend: per batch, the parameters of ``sample_params`` for the key
     (seed, epoch, step, rank), as the per-sample arguments DALI's operators take. The pipeline runs
-    ``runs_per_epoch`` batches per epoch (the last one padded), so run k of a pipeline whose first run is the
-    global run ``first_run`` has (epoch, step) = divmod(first_run + k, runs_per_epoch). DALI passes k (its
+    ``runs_per_epoch`` batches per epoch (the last one padded); run k of a pipeline built for epoch
+    ``first_epoch`` is the batch ``params.batch_key(k, runs_per_epoch, first_epoch)``. DALI passes k (its
     ``BatchInfo.iteration``) and keeps it in its checkpoint, so a pipeline restored from one continues."""
 
     def __init__(self, cfg: MixupConfig, batch_size: int, size: int, seed: int, rank: int, runs_per_epoch: int,
-                 first_run: int = 0):
+                 first_epoch: int = 0):
         self.cfg, self.batch_size, self.size = cfg, batch_size, size
-        self.seed, self.rank, self.runs_per_epoch, self.first_run = seed, rank, runs_per_epoch, first_run
+        self.seed, self.rank, self.runs_per_epoch, self.first_epoch = seed, rank, runs_per_epoch, first_epoch
         self.enabled = lambda epoch: True
 
     def __call__(self, info):
-        epoch, step = divmod(self.first_run + info.iteration, self.runs_per_epoch)
+        epoch, step = batch_key(info.iteration, self.runs_per_epoch, self.first_epoch)
         n, s = self.batch_size, self.size
-        cfg = self.cfg if self.enabled(epoch) else MixupConfig(self.cfg.num_classes, mixup_alpha=0.0,
-                                                               label_smoothing=self.cfg.label_smoothing)
+        cfg = self.cfg if self.enabled(epoch) else self.cfg.no_mix()
         p = sample_params(cfg, n, s, s, seed=self.seed, epoch=epoch, step=step, rank=self.rank)
         partner = [np.array(v, np.int32) for v in p.partner]
         lam = [np.array(v, np.float32) for v in p.lam]
@@ -120,7 +119,7 @@ def build_pipeline(dataset: Dataset, *, batch_size: int, train: bool, image_size
                   enable_conditionals=train and aug.needs_conditionals(augment))
     def graph():
         common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name="Reader",
-                      seed=reader_seed)
+                      seed=reader_seed, dont_use_mmap=True)
         if dataset.kind == "webdataset":
             paths = reorder(dataset.shards, order) if order is not None else dataset.shards
             encoded, cls = fn.readers.webdataset(paths=paths, ext=[WDS_IMAGE_EXT, WDS_LABEL_EXT],

@@ -9,17 +9,10 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import MixupConfig
+from .config import MixupConfig, normalization_constants
 from .params import MixParams
 
 __all__ = ["normalization_constants", "round_float32", "mix_images", "soft_targets", "compact_targets"]
-
-
-def normalization_constants(mean: Sequence[float], std: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
-    """(scale, bias), float32 (3,), with ``(x / 255 - mean) / std == x * scale + bias`` (timm's convention)."""
-    mean = np.asarray(mean, np.float64)
-    std = np.asarray(std, np.float64)
-    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 def round_float32(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -23,9 +23,13 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +41,9 @@ import torch.nn.functional as F
 
 import dali_mixup as dm
 from . import loader as _loader
+from . import output_folder as _folder
 from .datasets import find_classes
+from .run_args import ARGS_FILE, resumed_args, write_args
 
 log = logging.getLogger("dali_mixup")
 
@@ -99,7 +105,7 @@ def check_model_name(name: str) -> str:
         if timm.is_model(name):
             return "timm"
         known = known + timm.list_models()
-    near = difflib.get_close_matches(name, known, n=3)
+    near = difflib.get_close_matches(name, list(dict.fromkeys(known)), n=3)  # torchvision's and timm's resnet18: once
     hint = f" (did you mean {', '.join(near)}?)" if near else ""
     if timm is None:
         raise ValueError(f"--model {name}: not a torchvision model, and timm (whose models would count too) is not "
@@ -195,30 +201,54 @@ def run_files(out: Path) -> List[Path]:
                   or _NUMBERED.match(p.name))
 
 
-def prepare_output(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """in: --output, whether --resume/--overwrite were given -> out: the folder ready. A run already there is
-    an error unless resumed (kept, appended to) or overwritten (its run files removed, nothing else)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out}: is a file, not a folder")
+def _refuse_a_run_there(out: Path, resume: bool, overwrite: bool) -> None:
     found = run_files(out)
     if found and not (resume or overwrite):
         names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
         raise ValueError(f"--output {out} already holds a run ({names}): pass --resume to continue it, --overwrite "
                          f"to replace it, or choose another --output")
-    if is_main:
+
+
+def prepare_output(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -> Optional[_folder.OutputLock]:
+    """in: --output, whether --resume/--overwrite were given -> out: the folder ready, and (main process) its lock,
+    held for the run. A run already there is an error unless resumed (kept, appended to) or overwritten (its run
+    files removed, nothing else). A folder that cannot be written, or that another trainer holds (named: pid, host,
+    start time), is an error now; temporary files of a writer that died are removed."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out}: is a file, not a folder")
+    _refuse_a_run_there(out, resume, overwrite)  # before locking (a refused command leaves nothing behind) ...
+    lock = None
+    if is_main:  # ... and again under the lock: the folder is only known while no other trainer writes there
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise type(exc)(f"--output {out}: cannot create the folder ({exc.strerror or exc})") from None
+        _folder.check_writable(out)
+        lock = _folder.OutputLock(out).acquire()
+    try:
+        _refuse_a_run_there(out, resume, overwrite)
+        if not is_main:
+            return None
+        _folder.remove_stale_temps(out)
         if overwrite and not resume:
-            for p in found:
+            for p in run_files(out):
                 p.unlink()
             shutil.rmtree(out / "tb", ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
 
 
 def _atomic_write(path: Path, write: Callable[[io.IOBase], None], mode: str = "wb") -> None:
     """Write through a temporary file in the same folder, flushed to disk, then renamed over ``path``: a kill
-    at any moment leaves either the old file or the new one, never a broken one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    at any moment leaves either the old file or the new one, never a broken one. The temporary file is created
+    exclusively under an unpredictable name (``tempfile.mkstemp``): a file or link planted in the folder is never
+    written through."""
+    fd, tmp = _folder.exclusive_temp(path)
     try:
-        with open(tmp, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
+        with open(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -229,14 +259,25 @@ def _atomic_write(path: Path, write: Callable[[io.IOBase], None], mode: str = "w
 
 
 def _atomic_link(src: Path, dst: Path) -> None:
-    """``dst`` becomes the same file as ``src`` (a hard link; a copy where links are not supported), atomically."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    """``dst`` becomes the same file as ``src`` (a hard link; a copy where links are not supported), atomically,
+    through a temporary name nobody can predict (``os.link`` refuses an existing name; the copy goes to a file
+    created exclusively)."""
+    tmp = _folder.new_temp_name(dst)
     try:
         os.link(src, tmp)
+    except FileExistsError:
+        return _atomic_link(src, dst)  # 2**-32: another name
     except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        def copy(fh):
+            with open(src, "rb") as source:
+                shutil.copyfileobj(source, fh)
+        _atomic_write(dst, copy)
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def save_checkpoint(state: dict, out: Path, *, epoch: int, keep: int, is_best: bool) -> Path:
@@ -256,17 +297,42 @@ def save_checkpoint(state: dict, out: Path, *, epoch: int, keep: int, is_best: b
     return path
 
 
+#: What ``restore`` reads from a checkpoint (``checkpoint_state`` writes these and more).
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "loader", "num_classes", "model_name")
+
+
 def load_checkpoint(path: Path) -> dict:
-    """in: a checkpoint path -> out: its dict, tensors on the CPU (an error naming the path if unreadable)."""
+    """in: a checkpoint path -> out: its dict, tensors on the CPU. Loaded with ``torch.load(weights_only=True)``:
+    tensors and plain data only, so a crafted file cannot run code; one that needs more is refused, naming it.
+    A file that is not a checkpoint, or one that lacks what ``restore`` reads, is an error naming what is
+    missing."""
     if not path.is_file():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"--resume {path}: refused: it holds more than tensors and plain data, and loading it "
+                         f"could run code ({_unsafe_part(exc)}); dali-mixup loads checkpoints with "
+                         "torch.load(weights_only=True): resume from a checkpoint that dali-mixup train wrote") \
+            from None
     except Exception as exc:
         raise ValueError(f"--resume {path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or "epoch" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"--resume {path}: not a dali-mixup train checkpoint")
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"--resume {path}: not a dali-mixup train checkpoint (it holds a {type(ckpt).__name__}, "
+                         "not a dict)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        has = ", ".join(repr(k) for k in ckpt) or "nothing"
+        raise ValueError(f"--resume {path}: not a complete dali-mixup train checkpoint: it lacks "
+                         f"{', '.join(repr(k) for k in missing)} (it has {has})")
     return ckpt
+
+
+def _unsafe_part(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused (e.g. the global ``posix.system``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or ["refused by torch.load(weights_only=True)"])[0]
 
 
 def check_resumable(ckpt: dict, path: Path, *, model: str, num_classes: int) -> None:
@@ -303,6 +369,7 @@ class Trainer:
     best: Optional[dict] = None
     start_epoch: int = 0
     wall_time_s: float = 0.0
+    partial: Optional[dict] = None
 
     @property
     def amp_dtype(self) -> Optional[torch.dtype]:
@@ -377,6 +444,7 @@ def restore(trainer: Trainer, ckpt: dict) -> None:
     trainer.best = ckpt.get("best")
     trainer.wall_time_s = float(ckpt.get("wall_time_s", 0.0))
     trainer.start_epoch = ckpt["epoch"] + 1
+    trainer.partial = ckpt.get("partial")  # stopped mid-epoch: the epoch so far (its loader state is mid-epoch)
 
 
 # -- one epoch, evaluation ---------------------------------------------------------------------------------------
@@ -422,16 +490,22 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def train_one_epoch(trainer: Trainer, epoch: int, progress: Optional[Progress] = None) -> dict:
-    """in: a Trainer, the epoch number, a Progress or None -> out: {"train_loss", "img_per_s", "seconds",
-    "steps"} of the epoch, summed over ranks (at most ``steps_per_epoch`` steps; the loss is NaN when no step
-    was taken). The loader is set to ``epoch`` first: an epoch cut short by --max-steps is not continued."""
+def train_one_epoch(trainer: Trainer, epoch: int, progress: Optional[Progress] = None,
+                    stop: Optional["StopRequest"] = None) -> dict:
+    """in: a Trainer, the epoch number, a Progress or None, a StopRequest or None -> out: {"train_loss",
+    "img_per_s", "seconds", "steps"} of the epoch, summed over ranks (at most ``steps_per_epoch`` steps; the
+    loss is NaN when no step was taken). The loader is set to ``epoch`` first (the same epoch's pass continues,
+    another's is abandoned: an epoch cut short by --max-steps is not continued by the next). A resumed
+    mid-epoch Trainer (``partial``) continues the epoch where it stopped. Asked to stop, it returns after the
+    current step with ``partial``: the epoch so far (epoch, steps, loss_sum, seen, seconds), for the checkpoint."""
     t = trainer
     t.train_loader.set_epoch(epoch)
     t.net.train()
-    t0 = time.perf_counter()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=t.ctx.device)
-    seen = steps = 0
+    done = t.partial if t.partial is not None and t.partial["epoch"] == epoch else None
+    t.partial = None
+    t0 = time.perf_counter() - (done["seconds"] if done else 0.0)
+    loss_sum = torch.tensor(done["loss_sum"] if done else 0.0, dtype=torch.float64, device=t.ctx.device)
+    seen, steps = (done["seen"], done["steps"]) if done else (0, 0)
     for images, targets in t.train_loader:
         if t.channels_last:
             images = images.permute(0, 3, 1, 2)  # NHWC batch viewed as channels-last NCHW
@@ -451,6 +525,12 @@ def train_one_epoch(trainer: Trainer, epoch: int, progress: Optional[Progress] =
             progress.update(steps, f"loss {loss.item():.4f}  {rate:.0f} img/s")
         if steps >= t.steps_per_epoch and steps < len(t.train_loader):  # --max-steps: the epoch cut short
             break
+        if stop is not None and steps < t.steps_per_epoch and stop.agreed(t.ctx, steps):
+            if progress is not None:
+                progress.close()
+            t.partial = {"epoch": epoch, "steps": steps, "loss_sum": float(loss_sum), "seen": seen,
+                         "seconds": time.perf_counter() - t0}
+            return {"partial": t.partial}
     if progress is not None:
         progress.close()
     seconds = time.perf_counter() - t0
@@ -503,15 +583,31 @@ def record(trainer: Trainer, epoch: int, stats: dict, top1: Optional[float], top
     return is_best
 
 
-def checkpoint_state(trainer: Trainer, epoch: int, args, wall_time_s: float) -> dict:
-    """in: a Trainer after ``record`` -> out: the checkpoint dict (every rank's loader state gathered: all
-    ranks must call this)."""
+def checkpoint_state(trainer: Trainer, epoch: int, args, wall_time_s: float, partial: Optional[dict] = None) -> dict:
+    """in: a Trainer after ``record`` (or stopped mid-epoch: ``epoch`` the last whole one, -1 for none, and
+    ``partial`` the epoch so far) -> out: the checkpoint dict (every rank's loader state gathered: all ranks must
+    call this). Plain data and tensors only: ``torch.load(weights_only=True)`` reads it."""
     t = trainer
     loaders = _gather(t.train_loader.state_dict(), t.ctx.world)
-    return {"epoch": epoch, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+    return {"partial": partial, "epoch": epoch, "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
             "scheduler": t.scheduler.state_dict(), "scaler": t.scaler.state_dict(), "loader": loaders,
             "num_classes": t.num_classes, "model_name": args.model, "history": t.history, "best": t.best,
-            "wall_time_s": wall_time_s, "args": {k: v for k, v in vars(args).items() if not callable(v)}}
+            "wall_time_s": wall_time_s, "args": plain_args(args)}
+
+
+def plain_args(args) -> dict:
+    """in: the parsed flags -> out: those that are plain data (str, int, float, bool, None, and lists, tuples and
+    dicts of them), as they are saved with a run (checkpoints, args.json; ``torch.load(weights_only=True)`` and
+    JSON read them back)."""
+    def plain(v):
+        if v is None or isinstance(v, (str, bool, int, float)):
+            return type(v) in (str, bool, int, float, type(None))  # not numpy scalars, not str/int subclasses
+        if isinstance(v, (list, tuple)):
+            return all(plain(x) for x in v)
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        return False
+    return {k: v for k, v in vars(args).items() if plain(v) and k != "given"}
 
 
 # -- logs and the summary ----------------------------------------------------------------------------------------
@@ -584,31 +680,55 @@ def run(args) -> Optional[Trainer]:
     was already complete). Prints one line per epoch and, at the end, the final and best top-1/top-5, the wall
     time and where the outputs are."""
     started = time.perf_counter()
+    ckpt = None
+    if args.resume is not None:  # the run's own flags first: every flag left out takes the run's value
+        path = Path(args.resume) if args.resume else Path(args.output) / LAST
+        ckpt = load_checkpoint(path)
+        args = resumed_args(args, ckpt.get("args") or {}, str(path))
+        from . import image_headers  # the run's own image limits
+        image_headers.set_limits(getattr(args, "max_image_pixels", None), getattr(args, "max_aspect_ratio", None))
     check_model_name(args.model)
     out = Path(args.output)
+    created = not out.exists()
     ctx = setup(args.device)
+    lock, ok = None, False
     try:
-        prepare_output(out, resume=args.resume is not None, overwrite=args.overwrite, is_main=ctx.is_main)
         train_dir, val_dir = find_splits(args.data, args.val_data)
         num_classes = args.num_classes or count_classes(train_dir)
-        ckpt = None
-        if args.resume is not None:
-            path = Path(args.resume) if args.resume else out / LAST
-            ckpt = load_checkpoint(path)
+        if ckpt is not None:
             check_resumable(ckpt, path, model=args.model, num_classes=num_classes)
-            if ckpt["epoch"] + 1 >= args.epochs:
+            if ckpt["epoch"] + 1 >= args.epochs:  # nothing to do: the folder is not even locked
                 _say_complete(ckpt, path, args, out, ctx)
+                ok = True
                 return None
+        lock = prepare_output(out, resume=args.resume is not None, overwrite=args.overwrite, is_main=ctx.is_main)
         if ctx.is_main:
             _warn_about_plan(args, val_dir)
+            write_args(out, plain_args(args), lambda p, text: _atomic_write(p, lambda fh: fh.write(text), "w"))
         trainer = build(args, ctx, train_dir, val_dir, num_classes)
         if ckpt is not None:
             restore(trainer, ckpt)
             del ckpt
         _fit(trainer, args, out, started)
+        ok = True
         return trainer
     finally:
+        if lock is not None:
+            lock.release()
+        if ctx.is_main and created and not ok:
+            _remove_if_unused(out)
         teardown(ctx)
+
+
+def _remove_if_unused(out: Path) -> None:
+    """A run that failed before writing anything leaves no folder it created (only its lock and args.json)."""
+    if not out.is_dir():
+        return
+    left = {p.name for p in out.iterdir()}
+    if left <= {_folder.LOCK, ARGS_FILE}:
+        for name in left:
+            (out / name).unlink(missing_ok=True)
+        out.rmdir()
 
 
 def _extra(trainer: Trainer, args) -> dict:
@@ -624,32 +744,117 @@ def _fit(trainer: Trainer, args, out: Path, started: float) -> None:
         print(f"training {args.model} ({t.num_classes} classes) on {ctx.world} process(es), {ctx.device}: global "
               f"batch {t.global_batch}, lr {t.lr:g}, AMP {t.amp}, epochs {t.start_epoch}..{args.epochs - 1}, "
               f"{t.steps_per_epoch} step(s) per epoch", flush=True)
-    for epoch in range(t.start_epoch, args.epochs):
-        progress = Progress(t.steps_per_epoch, f"epoch {epoch}") if ctx.is_main and not args.no_progress else None
-        stats = train_one_epoch(t, epoch, progress)
-        top1, top5 = evaluate(t) if t.val_loader is not None else (None, None)
-        is_best = record(t, epoch, stats, top1, top5)
-        wall = t.wall_time_s + time.perf_counter() - started
-        state = checkpoint_state(t, epoch, args, wall)
-        if not ctx.is_main:
-            continue
-        save_checkpoint(state, out, epoch=epoch, keep=args.keep_checkpoints, is_best=is_best)
-        write_metrics(out, t.history)
-        data = summary(t.history, t.best, epochs=args.epochs, wall_time_s=wall, out=out, extra=_extra(t, args))
-        write_summary(out, data)
-        if tb is not None:
-            for k in METRICS[1:]:
-                if t.history[-1][k] is not None:
-                    tb.add_scalar(k, t.history[-1][k], epoch)
-        row = t.history[-1]
-        val = "no validation" if row["val_top1"] is None else f"val top-1 {top1:.2f} top-5 {top5:.2f}"
-        loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else (
-            "none (no steps)" if stats.get("steps", 1) == 0 else "not finite")
-        print(f"epoch {epoch}: train loss {loss}, {val}, {stats['img_per_s']:.0f} img/s", flush=True)
+    stop = StopRequest().install()
+    try:
+        for epoch in range(t.start_epoch, args.epochs):
+            if not _fit_epoch(t, args, out, started, epoch, tb, stop):
+                break
+    finally:
+        stop.restore()
+    if ctx.is_main and tb is not None:
+        tb.close()
+    if stop.signum is not None and (t.partial is not None or len(t.history) < args.epochs):
+        raise Interrupted(stop.signum, _resume_hint(t, args, out))
     if ctx.is_main:
-        if tb is not None:
-            tb.close()
-        print("done: " + report(data), flush=True)
+        print("done: " + report(summary(t.history, t.best, epochs=args.epochs, out=out, extra=_extra(t, args),
+                                        wall_time_s=t.wall_time_s + time.perf_counter() - started)), flush=True)
+
+
+def _fit_epoch(t: Trainer, args, out: Path, started: float, epoch: int, tb, stop: "StopRequest") -> bool:
+    """One epoch: train, evaluate, record, checkpoint, log. -> whether to go on (False after a stop request;
+    stopped mid-epoch, the checkpoint is a mid-epoch one: ``partial`` holds the epoch so far)."""
+    ctx = t.ctx
+    progress = Progress(t.steps_per_epoch, f"epoch {epoch}") if ctx.is_main and not args.no_progress else None
+    stats = train_one_epoch(t, epoch, progress, stop=stop)
+    if stats.get("partial") is not None:  # stopped mid-epoch: save where it is
+        wall = t.wall_time_s + time.perf_counter() - started
+        state = checkpoint_state(t, epoch - 1, args, wall, partial=stats["partial"])
+        if ctx.is_main:
+            _atomic_write(out / LAST, lambda fh: torch.save(state, fh))
+        return False
+    top1, top5 = evaluate(t) if t.val_loader is not None else (None, None)
+    is_best = record(t, epoch, stats, top1, top5)
+    wall = t.wall_time_s + time.perf_counter() - started
+    state = checkpoint_state(t, epoch, args, wall)
+    if not ctx.is_main:
+        return not stop.agreed(ctx)
+    save_checkpoint(state, out, epoch=epoch, keep=args.keep_checkpoints, is_best=is_best)
+    write_metrics(out, t.history)
+    data = summary(t.history, t.best, epochs=args.epochs, wall_time_s=wall, out=out, extra=_extra(t, args))
+    write_summary(out, data)
+    if tb is not None:
+        for k in METRICS[1:]:
+            if t.history[-1][k] is not None:
+                tb.add_scalar(k, t.history[-1][k], epoch)
+    row = t.history[-1]
+    val = "no validation" if row["val_top1"] is None else f"val top-1 {top1:.2f} top-5 {top5:.2f}"
+    loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else (
+        "none (no steps)" if stats.get("steps", 1) == 0 else "not finite")
+    print(f"epoch {epoch}: train loss {loss}, {val}, {stats['img_per_s']:.0f} img/s", flush=True)
+    return not stop.agreed(ctx)
+
+
+class Interrupted(Exception):
+    """The run stopped on SIGINT/SIGTERM after saving a checkpoint; the message says how to resume. The command
+    line exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM ask the run to stop after the current step and save a checkpoint; a second
+    signal stops it at once (KeyboardInterrupt). Installed only in the main thread; ``restore`` puts the previous
+    handlers back. Under torchrun every rank gets the signal; ``agreed`` makes all ranks stop at the same step."""
+
+    POLL_STEPS = 20  # several processes: they agree on stopping every this many steps (one all_reduce)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous = {}
+
+    def install(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to save a checkpoint (send it again to "
+              "stop at once, without saving)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def agreed(self, ctx: Context, step: Optional[int] = None) -> bool:
+        """Whether to stop now: this process's request alone, or (several processes) any rank's, checked every
+        ``POLL_STEPS`` steps and at epoch ends (``step`` None), so all ranks stop together."""
+        if ctx.world == 1:
+            return self.signum is not None
+        if step is not None and step % self.POLL_STEPS:
+            return False
+        flag = _reduce([float(self.signum if self.signum is not None else 0)], ctx.device)[0]
+        if flag and self.signum is None:
+            self.signum = signal.SIGTERM
+        return bool(flag)
+
+
+def _resume_hint(t: Trainer, args, out: Path) -> str:
+    """The message of an interrupted run: where it stopped, what was saved, the exact command that resumes."""
+    partial = t.partial
+    where = (f"epoch {partial['epoch']}, step {partial['steps']} of {t.steps_per_epoch}" if partial
+             else f"the end of epoch {t.history[-1]['epoch']}" if t.history else "the start")
+    launcher = (f"torchrun --nproc_per_node {t.ctx.world} -m dali_mixup" if t.ctx.world > 1 else "dali-mixup")
+    return (f"interrupted at {where}; saved {out / LAST}. To continue (the run's flags are saved with it): "
+            f"{launcher} train --output {shlex.quote(str(out))} --resume")
 
 
 def _say_complete(ckpt: dict, path: Path, args, out: Path, ctx: Context) -> None:

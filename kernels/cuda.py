@@ -23,13 +23,19 @@ raising: an out-of-range partner index or label writes NaN, never reads out of b
 Compilation: eager, for explicit signatures, per compute capability (``kernel``; ``precompile`` ahead of the
 first batch), with numba-cuda's on-disk cache (``cache=True``); each kernel closes over a digest of this file
 and ``pixel_math.py``, part of numba's cache key, so editing the shared math is a cache miss even though numba
-checks only the kernel's own file stamp.
+checks only the kernel's own file stamp. Numba names a function's cache files (one index, one data file per
+entry) after its module, ``__qualname__`` and first line, which the variants of one closure share: each
+(kernel, compute capability) is jitted under a qualname of its own (``kernel_to_jit``), so its index holds one
+entry and processes compiling different variants into a shared cache never pick the same data file.
 """
 
 import contextlib
 import functools
 import hashlib
+import importlib
+import os
 import threading
+import types
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,6 +58,25 @@ _SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
 _DIGEST = int(hashlib.sha256(Path(__file__).read_bytes() + Path(pm.__file__).read_bytes()).hexdigest()[:15], 16)
 
 _dev = cuda.jit(device=True, inline="always")  # compile_ptx needs no GPU only for numba-inlined device code
+
+
+def _prepare_compiles():
+    """Import, with the interpreter's print in place, what numba-cuda would import lazily inside a compile: the
+    CUDA target's typing and lowering registries (``refresh``, as a compile's first step does; no GPU, NVVM or
+    driver needed), among them ``numba.cuda.typing.builtins``, which registers ``builtins.print`` (see
+    ``kernels.genuine_print``). Compiles then need no swap of ``print``, which every thread would see for the
+    whole compile (a loader compiles in the background)."""
+    if _SIMULATOR:
+        return
+    from numba.cuda.core.compiler_lock import global_compiler_lock
+    from numba.cuda.descriptor import cuda_target
+
+    with global_compiler_lock, genuine_print():  # as a compile refreshes; the swap only for the imports
+        importlib.import_module("numba.cuda.typing.builtins")  # registers print (also imported by refresh)
+        cuda_target.target_context.refresh()  # and its typing context's
+
+
+_prepare_compiles()
 
 if not _SIMULATOR:
     from llvmlite import ir
@@ -453,17 +478,55 @@ def python_kernel(name, cc, only_kind=KINDS_ALL):
     return build(_hardware_half(cc), only_kind), sig
 
 
+def cache_qualname(name, cc):
+    """The ``__qualname__`` under which kernel ``name`` is jitted for compute capability ``cc``, e.g.
+    ``mix_images_f16_nchw_vec4_sm90``: numba-cuda's on-disk cache names the function's files
+    ``<module>.<qualname>-<first line>.py<XY>.nbi`` (the index) and ``.<n>.nbc`` (the data), so each variant
+    and compute capability gets files of its own."""
+    return f"{name}_sm{int(cc[0])}{int(cc[1])}"
+
+
+def kernel_to_jit(name, cc):
+    """(Python function, signature) that ``kernel`` hands to ``cuda.jit(signature, cache=True)`` for compute
+    capability ``cc``: ``python_kernel``'s function, copied under ``cache_qualname(name, cc)``.
+
+    Numba-cuda's cache keeps one index file per module, qualname and first line, mapping keys (signature,
+    compute capability, hashes of the bytecode and of the closure's values) to data files ``<base>.1.nbc``,
+    ``.2.nbc``...; saving an entry reads the index, takes the first data-file name the index does not use, then
+    writes the index and the data, with no lock between processes. The image-kernel variants are closures of
+    one ``def`` (one qualname, one line): under that shared name, two processes compiling different variants
+    at once (float16 and bfloat16 jobs sharing a cache) could both take ``.1.nbc``, and one variant's index
+    entry would then name the other's code. Under its own name, each index holds one entry. The closure (and
+    its ``digest``) is the function's own, so the cache key still changes with the kernel sources.
+    """
+    fn, sig = python_kernel(name, cc)
+    own = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__kwdefaults__ = fn.__kwdefaults__
+    own.__doc__ = fn.__doc__
+    own.__module__ = fn.__module__
+    own.__qualname__ = cache_qualname(name, cc)
+    return own, sig
+
+
 @functools.lru_cache(maxsize=None)
 def compile_ptx(name, cc, only_kind=KINDS_ALL):
     """PTX of kernel ``name`` for compute capability ``cc`` (e.g. (9, 0)); needs no GPU (kept per arguments)."""
     fn, sig = python_kernel(name, cc, only_kind)
-    with genuine_print():  # numba-cuda imports typing modules lazily while compiling (see kernels.genuine_print)
-        ptx, _ = cuda.compile_ptx(fn, sig, cc=tuple(cc))
+    ptx, _ = cuda.compile_ptx(fn, sig, cc=tuple(cc))  # no print swap needed (_prepare_compiles)
     return ptx
 
 
 _compiled = {}
 _compile_lock = threading.Lock()
+
+
+def _fresh_lock_after_fork():
+    """A child forked while another thread compiled would find ``_compile_lock`` held forever."""
+    global _compile_lock
+    _compile_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock_after_fork)
 
 
 def kernel(name):
@@ -479,9 +542,8 @@ def kernel(name):
             if _SIMULATOR:
                 _compiled[(name, cc)] = cuda.jit(python_kernel(name, (0, 0))[0])
             else:
-                fn, sig = python_kernel(name, cc)
-                with genuine_print():  # numba-cuda imports typing modules lazily (see kernels.genuine_print)
-                    _compiled[(name, cc)] = cuda.jit(sig, cache=True)(fn)
+                fn, sig = kernel_to_jit(name, cc)  # own cache files per variant and compute capability
+                _compiled[(name, cc)] = cuda.jit(sig, cache=True)(fn)  # no print swap needed (_prepare_compiles)
         return _compiled[(name, cc)]
 
 

@@ -38,7 +38,8 @@ def make_batch():
 
 @pytest.fixture
 def take():
-    """take(loader, count) -> the first ``count`` (images, targets) of an epoch, cloned."""
+    """take(loader, count) -> the first ``count`` (images, targets) of an epoch, cloned; exactly ``count`` (so
+    comparisons over them are never vacuous)."""
 
     def first(loader, count):
         out = []
@@ -46,6 +47,7 @@ def take():
             out.append((images.clone(), targets.clone()))
             if len(out) == count:
                 break
+        assert len(out) == count, f"the loader gave {len(out)} batch(es), {count} asked for"
         return out
 
     return first

@@ -41,11 +41,13 @@ def textured(tmp_path_factory):
 
 
 def _first(loader, n=1):
+    """The first ``n`` batches, cloned; exactly ``n`` (so comparisons over them are never vacuous)."""
     out = []
     for images, targets in loader:
         out.append((images.clone(), targets.clone()))
         if len(out) == n:
             break
+    assert len(out) == n, f"the loader gave {len(out)} batch(es), {n} asked for"
     return out
 
 

@@ -6,16 +6,9 @@ Needs an assembler (ptxas, or nvJitLink from numba-cuda[cu13]) and nvdisasm (shi
 torch installs); skipped, with the reason, only when they are absent.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).parent.parent / "benchmarks" / "cost_model.py"
-_spec = importlib.util.spec_from_file_location("cost_model", _PATH)
-cm = sys.modules.setdefault("cost_model", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(cm)
+from benchmarks import cost_model as cm
 
 NVDISASM = cm.find_disassembler()
 pytestmark = pytest.mark.skipif(NVDISASM is None or not cm.assembler_available(),

@@ -47,6 +47,7 @@ def test_graph_placement_follows_the_mixing_switch_and_eval(image_folder):
     epilogue, graph = (_epochs(loader, 2) for loader in loaders)
     _assert_same(epilogue, graph)
     _, on = CFG.off_on
+    assert len(graph) >= 2
     assert all(torch.allclose(t.max(1).values, torch.full((4,), on)) for _, t in graph[len(graph) // 2:])
     # evaluation: no mixing, the partial last batch (25 = 6 * 4 + 1) kept
     ev = [_epochs(create_dali_loader(image_folder, train=False, mixup=CFG, placement=p, **COMMON), 1)
@@ -128,8 +129,8 @@ def test_mix_resumes_from_a_dali_checkpoint(image_folder):
     checkpoint = pipe.checkpoint()
     expected = _run(pipe, 4)
     resumed = make(checkpoint=checkpoint)
-    for want, got in zip(expected, _run(resumed, 4)):
-        assert all(torch.equal(w, g) for w, g in zip(want, got))
+    for want, got in zip(expected, _run(resumed, 4), strict=True):
+        assert all(torch.equal(w, g) for w, g in zip(want, got, strict=True))
 
 
 def test_mix_enabled_false_normalises_and_one_hots(image_folder):

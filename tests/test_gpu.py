@@ -17,6 +17,18 @@ pytestmark = pytest.mark.gpu
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _bits(t) -> torch.Tensor:
+    """A tensor's bits (int16/int32/int64 by width): "bit-identical" compared as bits, so a NaN equals only the same
+    NaN and -0.0 differs from 0.0."""
+    t = torch.as_tensor(t).detach().cpu().contiguous()
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _assert_bits(got: torch.Tensor, want) -> None:
+    want = torch.as_tensor(want).to(got.dtype)  # the oracle's values are exactly representable in got's dtype
+    assert got.shape == want.shape and torch.equal(_bits(got), _bits(want))
+
+
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
@@ -32,20 +44,37 @@ def test_cuda_kernel_matches_oracle(dtype, layout, mode, make_batch):
         assert out.is_cuda and targets.is_cuda and out.dtype == DTYPES[dtype]
         want = ref.mix_images(images, params, mean=dm.IMAGENET_MEAN, std=dm.IMAGENET_STD, flip=flip,
                               out_dtype=dtype, layout=layout)
-        np.testing.assert_array_equal(out.float().cpu().numpy(), want)
-        np.testing.assert_array_equal(targets.cpu().numpy(), ref.soft_targets(labels, params, cfg))
+        _assert_bits(out, want)
+        _assert_bits(targets, ref.soft_targets(labels, params, cfg))
 
 
-def test_cuda_runs_on_the_current_stream_without_sync(make_batch):
+def test_cuda_runs_on_the_current_stream_without_sync(make_batch, monkeypatch):
+    """Both kernels are launched on torch's current stream (by handle, not inferred from a syncing .cpu())."""
+    from numba import cuda
     images = torch.from_numpy(make_batch(8, 64, 64)).cuda()
     labels = torch.arange(8, device="cuda") % 10
     cfg = dm.MixupConfig(10, cutmix_alpha=1.0, mode="elem")
+    handles, external = [], cuda.external_stream
+    monkeypatch.setattr(cuda, "external_stream", lambda handle: handles.append(handle) or external(handle))
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # images and labels were made on the default stream
     with torch.cuda.stream(stream):
         out, targets = dm.mix_batch(images, labels, cfg, check_labels=False, out_dtype=torch.float16)
+    assert handles == [stream.cuda_stream, stream.cuda_stream]
     stream.synchronize()
     ref_out, ref_t = dm.mix_batch(images.cpu(), labels.cpu(), cfg, out_dtype=torch.float16)
-    assert torch.equal(out.cpu(), ref_out) and torch.equal(targets.cpu(), ref_t)  # the CPU twin, bit for bit
+    assert torch.equal(_bits(out), _bits(ref_out)) and torch.equal(_bits(targets), _bits(ref_t))  # the CPU twin
+
+
+def test_mix_targets_cuda_is_the_current_device():
+    """``device="cuda"`` is torch's current device (not GPU 0): the result lives there."""
+    cfg = dm.MixupConfig(10)
+    params = dm.sample_params(cfg, 4, 8, 8, seed=1)
+    last = torch.cuda.device_count() - 1
+    with torch.cuda.device(last):
+        targets = dm.mix_targets(torch.tensor([0, 1, 2, 3]), cfg, params, device="cuda")
+    assert targets.device == torch.device("cuda", last)
+    _assert_bits(targets, ref.soft_targets(np.arange(4), params, cfg))
 
 
 def test_cuda_bad_labels_raise_or_give_nan_rows():
@@ -67,7 +96,7 @@ def test_cuda_grid_beyond_65535_samples_or_rows(n, h, w):
     out, _ = dm.mix_batch(torch.from_numpy(images).cuda(), torch.zeros(n, dtype=torch.int64), cfg, params,
                           out_dtype=torch.bfloat16, check_labels=False)
     want = ref.mix_images(images, params, mean=dm.IMAGENET_MEAN, std=dm.IMAGENET_STD, out_dtype="bfloat16")
-    np.testing.assert_array_equal(out.float().cpu().numpy(), want)
+    _assert_bits(out, want)
 
 
 def test_cuda_misaligned_input_takes_the_generic_kernel(make_batch):
@@ -80,4 +109,4 @@ def test_cuda_misaligned_input_takes_the_generic_kernel(make_batch):
     params = dm.sample_params(cfg, 3, 8, 16, seed=3)
     out, _ = dm.mix_batch(view, torch.zeros(3, dtype=torch.int64, device="cuda"), cfg, params)
     want = ref.mix_images(images, params, mean=dm.IMAGENET_MEAN, std=dm.IMAGENET_STD)
-    np.testing.assert_array_equal(out.cpu().numpy(), want)
+    _assert_bits(out, want)

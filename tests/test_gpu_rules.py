@@ -25,10 +25,6 @@ class FakeEvent:
 
     def __init__(self):
         self.done = False
-        self.recorded = False
-
-    def record(self, stream):
-        self.recorded = stream
 
     def query(self):
         return self.done
@@ -38,13 +34,15 @@ class FakeEvent:
         self.done = True
 
 
-@pytest.fixture(autouse=True)
-def _fake_streams(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: "stream")
+class FakeRuntime:
+    """What the ring asks of ``CudaRuntime``: an event recorded on the current stream now."""
+
+    def record_event(self):
+        return FakeEvent()
 
 
 def test_batch_read_by_queued_kernels_is_held_until_its_event_completes():
-    ring = _InFlight(4, torch.device("cuda", 0), new_event=FakeEvent)
+    ring = _InFlight(4, FakeRuntime())
     a, b = object(), object()
     ring.hold((a,), read_by_queued_work=True)
     ring.hold((b,), read_by_queued_work=True)
@@ -55,13 +53,12 @@ def test_batch_read_by_queued_kernels_is_held_until_its_event_completes():
 
 
 def test_batch_handed_to_the_caller_is_covered_by_the_next_calls_event():
-    ring = _InFlight(4, torch.device("cuda", 0), new_event=FakeEvent)
+    ring = _InFlight(4, FakeRuntime())
     ring.hold(("first",), read_by_queued_work=False)
     assert ring._held[0][0] is None  # the caller's step that reads it is not queued yet
     ring.hold(("second",), read_by_queued_work=False)
     first_event = ring._held[0][0]
-    # recorded at the next call, after the caller's step
-    assert first_event is not None and first_event.recorded == "stream"
+    assert first_event is not None  # recorded at the next call, after the caller's step
     first_event.done = True
     ring.hold(("third",), read_by_queued_work=False)
     assert [t for _, (t,) in ring._held] == ["second", "third"]
@@ -69,13 +66,27 @@ def test_batch_handed_to_the_caller_is_covered_by_the_next_calls_event():
 
 def test_host_waits_for_the_oldest_batch_beyond_the_depth():
     FakeEvent.log.clear()
-    ring = _InFlight(3, torch.device("cuda", 0), new_event=FakeEvent)
+    ring = _InFlight(3, FakeRuntime())
     for i in range(5):
         ring.hold((i,), read_by_queued_work=True)
     assert len(ring) == 3 and [t for _, (t,) in ring._held] == [2, 3, 4]
     assert len(FakeEvent.log) == 2  # waited for batches 0 and 1, oldest first, and for nothing else
     ring.clear()
     assert len(ring) == 0 and len(FakeEvent.log) == 5
+
+
+def test_a_held_batch_is_referenced_until_its_wait_has_returned():
+    """Defect 1 at the unit level: when the event's wait runs, the ring still holds the batch."""
+    ring, seen = _InFlight(1, FakeRuntime()), []
+
+    class Watched(FakeEvent):
+        def synchronize(self):
+            seen.append(len(ring._held))  # the entry being waited for is still in the ring
+            super().synchronize()
+
+    ring._held.append([Watched(), ("batch",)])
+    ring.clear()
+    assert seen == [1] and len(ring) == 0
 
 
 def _fake_cuda(monkeypatch, count, current):

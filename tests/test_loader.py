@@ -91,6 +91,7 @@ def test_schedule_switches_mixing_by_epoch(image_folder):
     loader.mixup_schedule = lambda epoch: epoch < 1
     first = [t for _, t in loader]
     second = [t for _, t in loader]
+    assert len(first) == len(second) == len(loader) > 0
     assert any((t.max(1).values < 0.9).any() for t in first)  # mixed rows
     _, on = CFG.off_on
     assert all(torch.allclose(t.max(1).values, torch.full((4,), on)) for t in second)
@@ -259,10 +260,14 @@ def test_corrupt_jpeg_is_named_or_skipped(image_folder, tmp_path):
     good = (root / "apple" / "0.jpg").read_bytes()
     (root / "apple" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "banana" / "garbage.jpg").write_bytes(b"this is not a jpeg")
-    loader = create_dali_loader(root, **COMMON)
-    with pytest.raises(RuntimeError, match="image files corrupt.*(garbage|truncated).jpg"):
+    with pytest.raises(ValueError, match=r"garbage.jpg \(an unrecognised header.*\): image file not in a format DALI"):
+        create_dali_loader(root, **COMMON)  # no image header at all: refused at the scan
+    (root / "banana" / "garbage.jpg").rename(root / "banana" / ".garbage.jpg")
+    loader = create_dali_loader(root, **COMMON)  # a valid header, the data cut: found when decoded
+    with pytest.raises(RuntimeError, match="truncated.jpg: image file corrupt"):
         for _ in loader:
             pass
+    (root / "banana" / ".garbage.jpg").rename(root / "banana" / "garbage.jpg")
     skipping = create_dali_loader(root, skip_corrupt=True, **COMMON)
     assert skipping.dataset.skipped == 2 and len(skipping.dataset) == 25
     assert sum(len(i) for i, _ in skipping) == 24

@@ -1,5 +1,7 @@
 """GPU tier of the loader: mixed (nvJPEG) decode, the fused kernel on DALI's CUDA outputs (skipped without CUDA)."""
 
+import collections
+
 import pytest
 import torch
 
@@ -7,6 +9,20 @@ import dali_mixup as dm
 from dali_mixup.loader import create_dali_loader
 
 pytestmark = pytest.mark.gpu
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """Compared as bits: a NaN equals only the same NaN, -0.0 differs from 0.0."""
+    t = t.detach().contiguous()
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(_bits(a), _bits(b))
+
+
+def _all_same(xs, ys) -> bool:
+    return len(xs) == len(ys) and all(_same(xi, yi) and _same(xt, yt) for (xi, xt), (yi, yt) in zip(xs, ys))
+
 
 CFG = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1)
 GPU = dict(batch_size=4, num_classes=3, image_size=32, num_threads=2, device="gpu")
@@ -26,8 +42,10 @@ def test_gpu_shapes_device_and_rows(image_folder, backend):
 
 def test_gpu_fused_and_dali_backends_agree(image_folder, take):
     kw = dict(mixup=CFG, out_dtype=torch.float32, seed=3, **GPU)
-    for (fi, ft), (di, dt) in zip(take(create_dali_loader(image_folder, backend="fused", **kw), 3),
-                                  take(create_dali_loader(image_folder, backend="dali", **kw), 3)):
+    fused = take(create_dali_loader(image_folder, backend="fused", **kw), 3)
+    dali = take(create_dali_loader(image_folder, backend="dali", **kw), 3)
+    assert len(fused) == len(dali) == 3
+    for (fi, ft), (di, dt) in zip(fused, dali):
         torch.testing.assert_close(ft, dt, rtol=0, atol=1e-6)
         torch.testing.assert_close(fi, di, rtol=0, atol=2e-4)
 
@@ -36,8 +54,7 @@ def test_gpu_same_seed_and_resume(image_folder, take):
     kw = dict(mixup=CFG, seed=4, **GPU)
     a = take(create_dali_loader(image_folder, **kw), 2)
     b = take(create_dali_loader(image_folder, **kw), 2)
-    for (ai, at), (bi, bt) in zip(a, b):
-        assert torch.equal(ai, bi) and torch.equal(at, bt)
+    assert len(a) == 2 and _all_same(a, b)
     loader = create_dali_loader(image_folder, **kw)
     it = iter(loader)
     next(it)
@@ -46,9 +63,7 @@ def test_gpu_same_seed_and_resume(image_folder, take):
     resumed = create_dali_loader(image_folder, **kw)
     resumed.load_state_dict(state)
     again = [(i.clone(), t.clone()) for i, t in resumed]
-    assert len(rest) == len(again)
-    for (ri, rt), (gi, gt) in zip(rest, again):
-        assert torch.equal(ri, gi) and torch.equal(rt, gt)
+    assert len(rest) == len(loader) - 1 and _all_same(rest, again)
 
 
 def test_gpu_eval_matches_cpu_eval(image_folder):
@@ -60,36 +75,73 @@ def test_gpu_eval_matches_cpu_eval(image_folder):
     assert (gpu_images.cpu() - cpu_images).abs().mean() < 0.05
 
 
-def test_gpu_batches_survive_a_stream_running_far_behind(image_folder, monkeypatch):
-    """DALI's zero-copy buffers stay referenced until the kernels that read them have completed: with torch's
-    stream delayed before every kernel (the host runs ahead by more than DALI's prefetch depth), every batch of
-    two epochs equals the same run with a synchronisation after each batch."""
-    from dali_mixup import loader as loader_mod
+class _PoisonOnRelease(collections.deque):
+    """The loader's ring with DALI's reuse made certain: the moment an entry leaves it, its buffers are
+    overwritten (on a stream of their own, finished before the entry is let go), as DALI may do with memory no
+    reference is left to. A ring that lets go before the GPU work reading the buffers has completed then gives
+    wrong batches every time, not only when DALI happens to reuse the block."""
 
-    kw = dict(mixup=CFG, seed=5, out_dtype=torch.float32, **GPU)
+    def popleft(self):
+        entry = super().popleft()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            for tensor in entry[1]:
+                if tensor.is_cuda:
+                    tensor.view(torch.uint8).fill_(0xA5) if tensor.is_contiguous() else tensor.fill_(0)
+        side.synchronize()
+        return entry
 
-    def two_epochs(sync):
+
+def _one_ahead(loader):
+    it = iter(loader)
+    cur = next(it)
+    for nxt in it:
+        yield cur
+        cur = nxt
+    yield cur
+
+
+@pytest.mark.parametrize("backend, loop", [("fused", "each"), ("fused", "one_ahead"), ("none", "one_ahead"),
+                                           ("dali", "kept")])
+def test_gpu_batches_survive_a_stream_running_far_behind(image_folder, backend, loop):
+    """The lifetime rules on a real GPU: torch's stream delayed before every batch's work (the host runs ahead by
+    more than DALI's prefetch depth), DALI's buffers poisoned the moment the loader lets them go, and the step
+    queued one batch late or every batch kept; two epochs must equal the same run synchronised after each batch."""
+    kw = dict(mixup=CFG if backend != "none" else None, backend=backend, seed=5, out_dtype=torch.float32, **GPU)
+
+    def two_epochs(stressed):
         loader, out = create_dali_loader(image_folder, **kw), []
+        if stressed:
+            loader._in_flight._held = _PoisonOnRelease()
         for _ in range(2):
-            for images, targets in loader:
-                if sync:
+            batches = loader if not stressed or loop == "each" else (
+                _one_ahead(loader) if loop == "one_ahead" else list(loader))
+            for images, targets in batches:
+                if stressed:
+                    torch.cuda._sleep(20_000_000)  # tens of ms of GPU time queued ahead of the step
+                    out.append((images * 1, targets * 1))  # the step: reads the batch on torch's stream
+                else:
                     torch.cuda.synchronize()
-                out.append((images, targets))
+                    out.append((images.clone(), targets.clone()))
         torch.cuda.synchronize()
         return out
 
-    reference = two_epochs(sync=True)
-    mix_batch = loader_mod.mix_batch
+    reference = two_epochs(stressed=False)
+    stressed = two_epochs(stressed=True)
+    assert len(stressed) == len(reference) == 2 * (25 // 4) and _all_same(reference, stressed)
 
-    def delayed(*args, **kwargs):
-        torch.cuda._sleep(20_000_000)  # tens of ms of GPU time queued ahead of the kernels
-        return mix_batch(*args, **kwargs)
 
-    monkeypatch.setattr(loader_mod, "mix_batch", delayed)
-    stressed = two_epochs(sync=False)
-    assert len(stressed) == len(reference) == 2 * (25 // 4)
-    for (ri, rt), (si, st) in zip(reference, stressed):
-        assert torch.equal(ri, si) and torch.equal(rt, st)
+def test_gpu_kernels_launch_on_torchs_current_stream(image_folder, monkeypatch):
+    """The epilogue's kernels go on the current stream of the loader's device (by handle), also a side one."""
+    from numba import cuda
+    handles, external = [], cuda.external_stream
+    monkeypatch.setattr(cuda, "external_stream", lambda handle: handles.append(handle) or external(handle))
+    loader = create_dali_loader(image_folder, mixup=CFG, **GPU)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        next(iter(loader))
+    assert handles == [side.cuda_stream, side.cuda_stream]
+    loader.close()
 
 
 def test_gpu_loader_uses_torchs_current_device(image_folder):

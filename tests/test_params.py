@@ -170,10 +170,18 @@ def test_uncorrected_cutmix_keeps_the_drawn_lambda():
     assert stats.kstest(p.lam.astype(np.float64), stats.beta(1, 1).cdf).pvalue > 1e-3
 
 
-def test_minmax_on_tiny_images_does_not_crash():
+@pytest.mark.parametrize("size, side", [(2, 0), (10, 4)])
+def test_minmax_boxes_on_small_images(size, side):
+    """timm's rand_bbox_minmax: sides drawn in [int(S * 0.4), int(S * 0.5)): on 2 x 2 images that is 0 (every box
+    empty, so λ = 1 and nothing is pasted), on 10 x 10 exactly 4 (a 4 x 4 box inside the image, λ = 1 - 16/100)."""
     cfg = dm.MixupConfig(10, mixup_alpha=0.0, cutmix_minmax=(0.4, 0.5), mode="elem")
-    p = dm.sample_params(cfg, 16, 2, 2)
-    p.check(16, 2, 2)
+    p = dm.sample_params(cfg, 16, size, size)
+    p.check(16, size, size)
+    assert p.use_cutmix.all()
+    y0, y1, x0, x1 = p.box.T
+    assert (y1 - y0 == side).all() and (x1 - x0 == side).all()
+    assert (y0 >= 0).all() and (y1 <= size).all() and (x0 >= 0).all() and (x1 <= size).all()
+    np.testing.assert_array_equal(p.lam, np.float32(1 - side * side / (size * size)))
 
 
 @pytest.mark.parametrize("kwargs,exc", [
@@ -200,3 +208,26 @@ def test_params_check_rejects_inconsistent_params():
         dm.MixParams([1, 0], np.float32([1.5, 0.5]), [False, False], np.zeros((2, 4))).check(2, 8, 8)
     with pytest.raises(ValueError, match="same batch size"):
         dm.MixParams([1, 0], np.float32([0.5]), [False, False], np.zeros((2, 4)))
+
+
+def test_batch_key_is_the_one_rule_every_placement_uses(monkeypatch):
+    """Run k of a pipeline for epoch e with R runs an epoch is (e + k // R, k % R); the ``dali`` backend's parameter
+    source and ``dali.mix`` ask ``batch_key`` (the loader's epilogue too: its key is (epoch, step))."""
+    from types import SimpleNamespace
+
+    from dali_mixup import dali, params, pipeline
+    assert params.batch_key(0, 3, 5) == (5, 0) and params.batch_key(7, 3, 5) == (7, 1)
+    assert params.batch_key(7, None, 2) == (2, 7)
+    asked = []
+
+    def recorded(run, runs, first):
+        asked.append((run, runs, first))
+        return params.batch_key(run, runs, first)
+
+    monkeypatch.setattr(pipeline, "batch_key", recorded)
+    monkeypatch.setattr(dali, "batch_key", recorded)
+    info = SimpleNamespace(iteration=4, epoch_idx=0)
+    cfg = dm.MixupConfig(10)
+    pipeline.MixParamSource(cfg, 2, 8, seed=0, rank=0, runs_per_epoch=3, first_epoch=6)(info)
+    key = dali._RunKey(2, 3, first_epoch=6)(info)[0]
+    assert asked == [(4, 3, 6), (4, 3, 6)] and key.tolist() == [7, 1]

@@ -216,7 +216,7 @@ def summarise(report):
     return "\n".join(lines) + "\n"
 
 
-COLOURS = {"ERM": (198, 40, 40), "mixup α=1": (46, 125, 50), "mixup α=8": (21, 101, 192)}
+COLOURS = {"ERM": "#c62828", "mixup α=1": "#2e7d32", "mixup α=8": "#1565c0"}
 
 
 def curves(report):
@@ -236,40 +236,33 @@ def curves(report):
 
 
 def plot(report, path):
-    """One panel per (dataset, noise level): test accuracy (thick) and accuracy on the given, possibly corrupted,
-    training labels (thin, dotted markers) over epochs, ERM vs mixup; means over seeds (Pillow only)."""
-    from PIL import Image, ImageDraw
+    """One panel per (dataset, noise level): test accuracy (solid) and accuracy on the given, possibly corrupted,
+    training labels (dotted, circles) over epochs, ERM vs mixup; means over seeds (matplotlib, the ``paper``
+    extra)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     lines = curves(report)
     panels = sorted({(d, n) for d, n, _ in lines})
-    W, H, pad = 420, 320, 45
-    img = Image.new("RGB", (W * len(panels), H + 60), "white")
-    d = ImageDraw.Draw(img)
-    for k, (name, noise) in enumerate(panels):
-        x0 = k * W
-        epochs = max(e for (dd, nn, _), (t, _) in lines.items() if (dd, nn) == (name, noise) for e, _ in t)
-        px = lambda e: x0 + pad + (W - pad - 20) * e / max(epochs, 1)  # noqa: E731
-        py = lambda v: H - pad + 20 - (H - pad - 10) * v / 100  # noqa: E731
-        d.text((x0 + pad, 8), f"{name}, {noise:.0%} corrupted labels: accuracy (%) vs epoch", fill="black")
-        d.line([px(0), py(0), px(epochs), py(0)], fill="black")
-        d.line([px(0), py(0), px(0), py(100)], fill="black")
-        for v in (0, 25, 50, 75, 100):
-            d.text((x0 + 12, py(v) - 6), str(v), fill="black")
-            d.line([px(0), py(v), px(epochs), py(v)], fill=(230, 230, 230))
-        for e in range(0, epochs + 1, max(1, epochs // 4)):
-            d.text((px(e) - 6, py(0) + 6), str(e), fill="black")
-        for m, colour in COLOURS.items():
-            test, given = lines.get((name, noise, m), ([], []))
-            if len(test) > 1:
-                d.line([(px(e), py(v)) for e, v in test], fill=colour, width=3)
-            if len(given) > 1:
-                d.line([(px(e), py(v)) for e, v in given], fill=colour, width=1)
-            for e, v in given:
-                d.ellipse([px(e) - 3, py(v) - 3, px(e) + 3, py(v) + 3], outline=colour)
-    for i, (m, colour) in enumerate(COLOURS.items()):
-        d.text((pad + i * 130, H + 22), m.replace("α", "alpha "), fill=colour)  # PIL's font has no α
-    d.text((pad, H + 40), "thick: test accuracy (clean labels); thin with circles: accuracy on the given training "
-           "labels (memorisation)", fill="black")
-    img.save(path)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), sharey=True, squeeze=False)
+    for ax, (name, noise) in zip(axes[0], panels):
+        for method, colour in COLOURS.items():
+            test, given = lines.get((name, noise, method), ([], []))
+            if test:
+                ax.plot(*zip(*test), color=colour, linewidth=2, label=f"{method}: test")
+            if given:
+                ax.plot(*zip(*given), color=colour, linewidth=1, linestyle=":", marker="o", markersize=3,
+                        label=f"{method}: given training labels")
+        ax.set_title(f"{name}, {noise:.0%} of training labels corrupted", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):

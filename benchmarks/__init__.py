@@ -1,0 +1,1 @@
+"""Benchmarks and the static cost model (``benchmarks.cost_model``), run from the repository root."""
