@@ -1,7 +1,6 @@
 """Issue 22, item 1: a training epoch reads a fresh permutation of the whole dataset keyed by (seed, epoch), as
 DistributedSampler(shuffle=True) does; each rank a disjoint slice, every sample once per epoch across ranks."""
 
-import os
 import tarfile
 
 import numpy as np
