@@ -93,8 +93,9 @@ def _timm_mixer(num_classes):
 
 def _dali_session(data, backend, args, device, num_classes, timm_mix=False, placement="epilogue") -> _Session:
     """in: ImageFolder, backend fused|none|dali -> out: a session over ``create_dali_loader``; the DALI
-    iterator inside it (the loader's ``_iter``, each epoch's) and the start of each epoch's pipeline are timed as
-    the producer, the rest of the loader's ``__next__`` is epilogue."""
+    iterator inside it (each epoch's pipeline's, put in use by ``loader._pipes.use``) and the start of each
+    epoch's pipeline (``loader._pipes.start_pass``) are timed as the producer, the rest of the loader's
+    ``__next__`` is epilogue."""
     from . import loader as loader_module
     from .config import MixupConfig
     cfg = MixupConfig(num_classes, **_MIX)
@@ -103,25 +104,22 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False, plac
         mixup=None if backend == "none" else cfg, backend=backend, device=device, num_threads=args.threads,
         seed=args.seed, out_dtype=DTYPES[args.dtype], skip_corrupt=getattr(args, "skip_corrupt", False),
         placement=placement, zero_copy=backend == "none")  # plain DALI as its users run it: zero-copy
-    if not all(hasattr(loader, name) for name in ("_iter", "_use", "_start_pass")):
-        raise RuntimeError("bench: DaliMixupLoader no longer keeps its DALI iterator in ._iter (set by ._use, "
-                           "each pass started by ._start_pass); update bench.py")
-    clock = _Clock()
+    clock, pipes = _Clock(), loader._pipes
 
-    def timed_use(built, use=loader._use):  # every pipeline the loader takes on: its iterator timed
+    def timed_use(built, use=pipes.use):  # every pipeline the loader takes on: its iterator timed
         use(built)
-        if loader._iter is not None:
-            loader._iter = _TimedIterator(loader._iter, clock)
+        if pipes.owned.iterator is not None:
+            pipes.owned.iterator = _TimedIterator(pipes.owned.iterator, clock)
 
-    def timed_start(start=loader._start_pass):  # a new epoch's pipeline (made or waited for): the producer's
+    def timed_start(*args, start=pipes.start_pass):  # a new epoch's pipeline (made or waited for): the producer's
         t = time.perf_counter()
         try:
-            start()
+            start(*args)
         finally:
             clock.wait += time.perf_counter() - t
 
-    loader._use, loader._start_pass = timed_use, timed_start
-    loader._iter = _TimedIterator(loader._iter, clock)
+    pipes.use, pipes.start_pass = timed_use, timed_start
+    pipes.owned.iterator = _TimedIterator(pipes.owned.iterator, clock)
     mixer = _timm_mixer(num_classes) if timm_mix else None
     stream = _cycle(lambda: loader)
 

@@ -102,7 +102,9 @@ def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Ma
         _refuse(_TIMM_UNSUPPORTED, args, "timm")
         mixup = MixupConfig(**mixup_args) if mixup_args else None
         aa = args.aa or None
+        off = getattr(args, "mixup_off_epoch", 0)  # timm switches its own Mixup off; this covers --no-prefetcher
         kw.update(train=True, batch_size=args.batch_size, mixup=mixup, targets="soft" if mixup else "index",
+                  mixup_off_epoch=off if mixup is not None and off else None,
                   scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,
                   interpolation=args.train_interpolation or data_config["interpolation"], auto_augment=aa,
                   color_jitter=None if aa else args.color_jitter,  # timm turns colour jitter off under --aa
@@ -111,11 +113,7 @@ def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Ma
         kw.update(train=False, batch_size=getattr(args, "validation_batch_size", None) or args.batch_size,
                   interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"])
     kw.update(overrides)
-    loader = create_dali_loader(_source(data), **kw)
-    off = getattr(args, "mixup_off_epoch", 0)
-    if mixup is not None and off:  # timm switches its own Mixup off; this covers its --no-prefetcher path too
-        loader.mixup_schedule = lambda epoch: epoch < off
-    return loader
+    return create_dali_loader(_source(data), **kw)
 
 
 _TORCHVISION_UNSUPPORTED = {

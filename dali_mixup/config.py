@@ -7,12 +7,18 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
-__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "check_normalization",
-           "normalization_constants"]
+__all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "DTYPES", "LAYOUTS",
+           "check_normalization", "normalization_constants"]
 
 MODES = ("batch", "pair", "elem")
 PAIRINGS = ("permutation", "flip")
+
+#: The output image dtypes, by the name DALI, the CLI and the state use for them.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: The output image layouts.
+LAYOUTS = ("NCHW", "NHWC")
 
 #: ImageNet channel statistics in timm's convention (fractions of 255), RGB order.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

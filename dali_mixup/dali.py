@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import kernels
-from .config import (IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
+from .config import (DTYPES, IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
                      normalization_constants)
 from .kernels import pixel_math as pm
 from .mixing import LAYOUTS, OUT_DTYPES
@@ -33,7 +33,6 @@ from .params import batch_key, sample_params
 
 __all__ = ["mix", "import_dali"]
 
-_DTYPE_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # out_kind -> (dtype the kernel writes, dtype DALI receives): DALI has no bfloat16, so its bits travel as int16
 _KERNEL_DTYPES = {pm.OUT_F32: (np.float32, np.float32), pm.OUT_F16: (np.int16, np.float16),
                   pm.OUT_BF16: (np.int16, np.int16)}
@@ -182,7 +181,7 @@ class _Mixer:
 
 
 def _out_dtype(out_dtype) -> int:
-    dtype = _DTYPE_BY_NAME.get(out_dtype, out_dtype) if isinstance(out_dtype, str) else out_dtype
+    dtype = DTYPES.get(out_dtype, out_dtype) if isinstance(out_dtype, str) else out_dtype
     if dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be torch.float32, torch.float16 or torch.bfloat16 (or its name), "
                          f"got {out_dtype!r}")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import host_buffers, kernels
-from .config import (IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
+from .config import (DTYPES, IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, MixupConfig, check_normalization,
                      normalization_constants)
 from .kernels import pixel_math as pm
 from .cuda_runtime import _numba_cuda, cuda_device, runtime_for
@@ -21,8 +21,8 @@ from .params import MixParams, sample_params
 
 __all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
 
-OUT_DTYPES = {torch.float32: pm.OUT_F32, torch.float16: pm.OUT_F16, torch.bfloat16: pm.OUT_BF16}
-LAYOUTS = ("NCHW", "NHWC")
+#: What the image kernel writes for each output dtype.
+OUT_DTYPES = {DTYPES["float32"]: pm.OUT_F32, DTYPES["float16"]: pm.OUT_F16, DTYPES["bfloat16"]: pm.OUT_BF16}
 
 
 def _cpu_kernels():

@@ -28,8 +28,7 @@ import weakref
 import numpy as np
 import torch
 
-from dali_mixup import cuda_runtime, kernels
-from dali_mixup import loader as loader_mod
+from dali_mixup import cuda_runtime, kernels, lifecycle
 
 POISON = 0xA5  # what a released DALI buffer is filled with (uint8 165; float32 about -2.9e-16; never a batch)
 UNFILLED = 0xFF  # what fresh device memory holds until queued work fills it (float32 NaN, int64 -1)
@@ -247,13 +246,13 @@ def install(monkeypatch) -> EmulatedGpu:
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: gpu.synchronize())
     monkeypatch.setattr(cuda_runtime, "_override",
                         lambda device: EmulatedRuntime(gpu, device) if device.type == "cpu" else None)
-    make = loader_mod.DaliMixupLoader._make_pipeline
+    make = lifecycle.Pipelines.make
 
     def make_pipeline(self, *args, **kwargs):
         built = make(self, *args, **kwargs)
         return built._replace(iterator=FakeDaliIterator(built.iterator, gpu.pool))
 
-    monkeypatch.setattr(loader_mod.DaliMixupLoader, "_make_pipeline", make_pipeline)
+    monkeypatch.setattr(lifecycle.Pipelines, "make", make_pipeline)
     return gpu
 
 

@@ -96,7 +96,7 @@ def test_next_epoch_pipeline_is_made_during_the_last_batches_and_used_only_for_t
     thread.join()
     loader.set_epoch(5)  # another epoch: the prepared one is dropped, epoch 5 is built
     iter(loader)
-    assert loader._pipe is not box["built"].pipe and loader._built_for == 5 and loader._next is None
+    assert loader._pipe is not box["built"].pipe and loader._pipes.built_for == 5 and loader._next is None
 
 
 # -- targets and dtype ----------------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_from_timm_args_reads_timm_s_options(sample):
                                   re_mode="pixel", re_count=1, crop_pct=0.875, val_resize_size=None,
                                   exif_orientation=False)
     assert (loader.image_size, loader.seed, loader.out_dtype) == (32, 42, torch.float32)
-    assert loader.mixup_schedule(4) and not loader.mixup_schedule(5)  # --mixup-off-epoch
+    assert loader.mixup_off_epoch == 5 and loader._switch(4) and not loader._switch(5)  # --mixup-off-epoch
     images, targets = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and targets.shape == (4, 3)
     ev = dm.from_timm_args(args, data_config, train=False, data=val)

@@ -40,10 +40,8 @@ def test_graph_placement_equals_the_epilogue(image_folder, cfg, layout, dtype):
 
 
 def test_graph_placement_follows_the_mixing_switch_and_eval(image_folder):
-    kw = dict(mixup=CFG, seed=2, **COMMON)
+    kw = dict(mixup=CFG, seed=2, mixup_off_epoch=1, **COMMON)
     loaders = [create_dali_loader(image_folder, placement=p, **kw) for p in ("epilogue", "graph")]
-    for loader in loaders:
-        loader.mixup_schedule = lambda epoch: epoch < 1
     epilogue, graph = (_epochs(loader, 2) for loader in loaders)
     _assert_same(epilogue, graph)
     _, on = CFG.off_on

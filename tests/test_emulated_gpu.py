@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dali_mixup as dm
-from dali_mixup import cuda_runtime, mixing
+from dali_mixup import cuda_runtime, epilogue, lifecycle, mixing
 from dali_mixup import loader as loader_mod
 from dali_mixup.loader import create_dali_loader
 
@@ -154,7 +154,7 @@ def test_mutation_freed_before_the_wait_is_seen(image_folder, gpu, reference, mo
     def old_let_go(ring):
         ring._held.popleft()[0].synchronize()
 
-    monkeypatch.setattr(loader_mod._InFlight, "_let_go_oldest", old_let_go)
+    monkeypatch.setattr(lifecycle.InFlight, "_let_go_oldest", old_let_go)
     assert _differs(_run(image_folder, gpu, "fused-epilogue", "each"), reference("fused-epilogue"))
 
 
@@ -166,7 +166,7 @@ def test_mutation_handed_out_dali_memory_is_seen(image_folder, gpu, reference, m
         shared.append(tensor)
         return tensor.to(dtype)
 
-    monkeypatch.setattr(loader_mod.DaliMixupLoader, "_hand_out", old_hand_out)
+    monkeypatch.setattr(epilogue.HandOut, "_hand_out", old_hand_out)
     assert _differs(_run(image_folder, gpu, "none", pattern), reference("none"))
 
 
@@ -245,7 +245,7 @@ def test_mutation_let_go_without_waiting_is_seen(image_folder, gpu, reference, m
         owned.ring._held.clear()
         owned.pipe = owned.iterator = owned.source = None
 
-    monkeypatch.setattr(loader_mod._Owned, "release", old_release)
+    monkeypatch.setattr(lifecycle.Owned, "release", old_release)
     out = _partial(image_folder, gpu, "fused-epilogue", 3, _close)
     torch.cuda.synchronize()
     assert _differs(out, reference("fused-epilogue")[:3])

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dali_mixup import loader as loader_mod
-from dali_mixup.loader import _InFlight
+from dali_mixup import spec as spec_mod
+from dali_mixup.lifecycle import InFlight as _InFlight
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,27 +100,27 @@ def test_gpu_is_torchs_current_device_not_local_rank(monkeypatch):
     # a rank that sees one GPU through CUDA_VISIBLE_DEVICES: LOCAL_RANK=3 but the only device is cuda:0
     _fake_cuda(monkeypatch, count=1, current=0)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert loader_mod._cuda_device_id(None) == 0
+    assert spec_mod.cuda_device_id(None) == 0
     # the script selected its GPU with torch.cuda.set_device(2)
     _fake_cuda(monkeypatch, count=4, current=2)
     monkeypatch.setenv("LOCAL_RANK", "2")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert loader_mod._cuda_device_id(None) == 2
+        assert spec_mod.cuda_device_id(None) == 2
 
 
 def test_local_rank_disagreeing_with_the_current_device_warns(monkeypatch):
     _fake_cuda(monkeypatch, count=8, current=0)
     monkeypatch.setenv("LOCAL_RANK", "5")
     with pytest.warns(UserWarning, match=r"LOCAL_RANK=5.*cuda:0.*set_device"):
-        assert loader_mod._cuda_device_id(None) == 0
+        assert spec_mod.cuda_device_id(None) == 0
 
 
 @pytest.mark.parametrize("bad", [2, -1, "0", True])
 def test_device_id_out_of_range_names_the_count(monkeypatch, bad):
     _fake_cuda(monkeypatch, count=2, current=0)
     with pytest.raises(ValueError, match=r"device_id.*device_count\(\)=2.*got"):
-        loader_mod._cuda_device_id(bad)
+        spec_mod.cuda_device_id(bad)
 
 
 # torchvision's references/classification/utils.py::setup_for_distributed, in spirit: a module named ``utils``
@@ -198,7 +199,7 @@ def test_kernels_work_whatever_builtins_print_is(tmp_path, when, job):
 def test_loader_precompiles_the_kernels_it_launches(monkeypatch, device, backend, expected):
     calls = []
     monkeypatch.setattr(loader_mod, "precompile_in_background", lambda *args: calls.append(args) or "thread")
-    fake = types.SimpleNamespace(device=torch.device(device), backend=backend, out_dtype=torch.float16,
-                                 layout="NHWC", image_size=176)
+    fake = types.SimpleNamespace(device=torch.device(device), spec=types.SimpleNamespace(
+        backend=backend, out_dtype=torch.float16, layout="NHWC", image_size=176))
     assert loader_mod.DaliMixupLoader._precompile(fake) == ("thread" if expected else None)
     assert calls == expected

@@ -86,9 +86,8 @@ def test_mixing_off_equals_the_no_mix_pipeline(image_folder, take):
         torch.testing.assert_close(ot, off + (on - off) * pt, rtol=0, atol=1e-6)
 
 
-def test_schedule_switches_mixing_by_epoch(image_folder):
-    loader = create_dali_loader(image_folder, mixup=CFG, seed=2, **COMMON)
-    loader.mixup_schedule = lambda epoch: epoch < 1
+def test_mixup_off_epoch_switches_mixing_by_epoch(image_folder):
+    loader = create_dali_loader(image_folder, mixup=CFG, seed=2, mixup_off_epoch=1, **COMMON)
     first = [t for _, t in loader]
     second = [t for _, t in loader]
     assert len(first) == len(second) == len(loader) > 0
@@ -271,3 +270,10 @@ def test_corrupt_jpeg_is_named_or_skipped(image_folder, tmp_path):
     skipping = create_dali_loader(root, skip_corrupt=True, **COMMON)
     assert skipping.dataset.skipped == 2 and len(skipping.dataset) == 25
     assert sum(len(i) for i, _ in skipping) == 24
+
+
+def test_mixup_schedule_still_works_with_a_deprecation_warning(image_folder):
+    loader = create_dali_loader(image_folder, mixup=CFG, seed=2, **COMMON)
+    with pytest.warns(DeprecationWarning, match="mixup_off_epoch"):
+        loader.mixup_schedule = lambda epoch: epoch < 1
+    assert loader._switch(0) and not loader._switch(1)
