@@ -18,16 +18,15 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from . import dali, epochs
-from .config import DTYPES
 from .datasets import Dataset
 from .order import epoch_order
-from .pipeline import MixParamSource, build_pipeline
+from .baselines import MixParamSource
+from .pipeline import build_pipeline
 from .spec import LoaderSpec
 
 __all__ = ["InFlight", "Owned", "Pipelines", "PREFETCH_DEPTH"]
 
 PREFETCH_DEPTH = 2  # DALI's prefetch queue depth
-_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 class InFlight:
@@ -133,14 +132,10 @@ class Pipelines:
 
         spec, n = self.spec, len(self.dataset)
         source = self._param_source(epoch)
-        pipe = build_pipeline(
-            self.dataset, batch_size=spec.batch_size, train=spec.train, image_size=spec.image_size,
-            device=spec.device, num_threads=spec.num_threads, seed=epochs.epoch_seed(spec, epoch),
-            shard_id=epochs.reader_shard(spec, epoch), num_shards=spec.num_shards, device_id=spec.device_id,
-            backend=spec.backend, prefetch_queue_depth=PREFETCH_DEPTH, mix_source=source,
-            num_classes=spec.num_classes, label_smoothing=spec.no_mix().label_smoothing, mean=spec.mean,
-            std=spec.std, out_dtype=_DTYPE_NAMES[spec.out_dtype], layout=spec.layout, checkpoint=checkpoint,
-            mix_step=self._mix_step(epoch), order=self._reader_order(epoch), **spec.augment)
+        pipe = build_pipeline(self.dataset, spec, seed=epochs.epoch_seed(spec, epoch),
+                              shard_id=epochs.reader_shard(spec, epoch), order=self._reader_order(epoch),
+                              checkpoint=checkpoint, mix_source=source, mix_step=self._mix_step(epoch),
+                              prefetch_queue_depth=PREFETCH_DEPTH)
         outputs = ["images", "labels", "targets" if spec.mixed_in_graph else "flip"]
         # PARTIAL for training too: the loader stops after its batches and drops the pipeline (DROP would yield
         # the full batches of this rank's shard, one more than a smaller shard's ranks get)

@@ -21,14 +21,20 @@ import torch
 
 from .augment import check_augment
 from .config import DTYPES, LAYOUTS, MixupConfig, check_normalization
-from .pipeline import DALI_SEED_MAX, pipeline_seed
 
-__all__ = ["LoaderSpec", "BACKENDS", "DEVICES", "PLACEMENTS", "TARGETS"]
+__all__ = ["LoaderSpec", "BACKENDS", "DEVICES", "PLACEMENTS", "TARGETS", "DALI_SEED_MAX", "pipeline_seed"]
 
 BACKENDS = ("fused", "dali", "none")
 PLACEMENTS = ("epilogue", "graph")  # where the fused kernels run: after DALI's iterator, or inside the pipeline
 DEVICES = ("auto", "gpu", "cpu")
 TARGETS = ("soft", "index")
+#: The largest seed DALI takes (an int64).
+DALI_SEED_MAX = 2**63 - 1
+
+
+def pipeline_seed(seed: int, shard_id: int) -> int:
+    """in: the loader's seed, the rank -> out: the seed of that rank's pipeline (augmentations differ per rank)."""
+    return seed + 7919 * shard_id
 
 
 def _id(**kw):

@@ -215,7 +215,7 @@ def test_batch_key_is_the_one_rule_every_placement_uses(monkeypatch):
     source and ``dali.mix`` ask ``batch_key`` (the loader's epilogue too: its key is (epoch, step))."""
     from types import SimpleNamespace
 
-    from dali_mixup import dali, params, pipeline
+    from dali_mixup import baselines, dali, params
     assert params.batch_key(0, 3, 5) == (5, 0) and params.batch_key(7, 3, 5) == (7, 1)
     assert params.batch_key(7, None, 2) == (2, 7)
     asked = []
@@ -224,10 +224,10 @@ def test_batch_key_is_the_one_rule_every_placement_uses(monkeypatch):
         asked.append((run, runs, first))
         return params.batch_key(run, runs, first)
 
-    monkeypatch.setattr(pipeline, "batch_key", recorded)
+    monkeypatch.setattr(baselines, "batch_key", recorded)
     monkeypatch.setattr(dali, "batch_key", recorded)
     info = SimpleNamespace(iteration=4, epoch_idx=0)
     cfg = dm.MixupConfig(10)
-    pipeline.MixParamSource(cfg, 2, 8, seed=0, rank=0, runs_per_epoch=3, first_epoch=6)(info)
+    baselines.MixParamSource(cfg, 2, 8, seed=0, rank=0, runs_per_epoch=3, first_epoch=6)(info)
     key = dali._RunKey(2, 3, first_epoch=6)(info)[0]
     assert asked == [(4, 3, 6), (4, 3, 6)] and key.tolist() == [7, 1]
