@@ -50,8 +50,9 @@ def test_gpu_fused_and_dali_backends_agree(image_folder, take):
         torch.testing.assert_close(fi, di, rtol=0, atol=2e-4)
 
 
-def test_gpu_same_seed_and_resume(image_folder, take):
-    kw = dict(mixup=CFG, seed=4, **GPU)
+@pytest.mark.parametrize("placement", ["epilogue", "graph"])
+def test_gpu_same_seed_and_resume(image_folder, take, placement):
+    kw = dict(mixup=CFG, seed=4, placement=placement, **GPU)
     a = take(create_dali_loader(image_folder, **kw), 2)
     b = take(create_dali_loader(image_folder, **kw), 2)
     assert len(a) == 2 and _all_same(a, b)
