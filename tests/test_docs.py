@@ -13,6 +13,9 @@
 - ```diff: the recipes; tests/test_recipes.py runs their added lines in loops shaped like timm's and
   torchvision's. Here: each is a marked recipe that test reads, and its added lines compile.
 - ```text: output or plain text, not run. A fence without one of these kinds is an error.
+
+Command lines quoted in the prose (`dali-mixup ...` code spans) are parsed too, or, for a synopsis with
+placeholders, have their flags checked; relative links between the documents must resolve.
 """
 
 import contextlib
@@ -232,6 +235,35 @@ def test_bash_block(block, env, tmp_path):
                               text=True, timeout=300)
         if proc.returncode != 0:
             _fail(block, f"failed when run (exit {proc.returncode})", proc)
+
+
+def _inline_commands():
+    """(file, command) for each `dali-mixup ...` code span in the prose (outside code blocks), line breaks joined."""
+    found = []
+    for path in DOCS:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        for span in re.findall(r"`((?:dali-mixup|python -m dali_mixup)\s[^`]*)`", text):
+            found.append((path.relative_to(ROOT), " ".join(span.split())))
+    return found
+
+
+def test_inline_command_lines_parse():
+    """Command lines quoted in the prose: a concrete one is parsed as a block's is; a synopsis (placeholders in
+    capitals, [optional] parts, "…") has each of its flags checked against its subcommand's parser."""
+    cli = _cli()
+    subcommands = cli.build_parser().subcommands
+    for path, command in _inline_commands():
+        words = command.replace("python -m dali_mixup", "dali-mixup").split()[1:]
+        if words[0] not in subcommands:
+            assert words[0].isupper(), f"{path}: `{command}`: no subcommand {words[0]!r}"  # COMMAND
+            continue
+        synopsis = any(w.isupper() or w.startswith("<") or set(w) & set("[]|…") or w == "..." for w in words[1:])
+        if not synopsis:
+            _check_parses(Block(ROOT / path, 0, "inline", command, ""), words)
+            continue
+        flags = [w.strip("[]") for w in words[1:] if w.strip("[").startswith("-")]
+        unknown = [f for f in flags if f not in subcommands[words[0]]._option_string_actions]
+        assert not unknown, f"{path}: `{command}`: {words[0]} has no {unknown}"
 
 
 def test_quick_start_tests_as_ci_does():
