@@ -292,3 +292,23 @@ def test_relative_links_resolve():
             if not (path.parent / target.split("#")[0]).exists():
                 broken.append(f"{path.relative_to(ROOT)}: {target}")
     assert not broken, broken
+
+
+def test_readme_results_are_the_figures_of_the_file_it_names():
+    """Each row of the README's results table is the rounded figures of the benchmark JSON it names."""
+    import json
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
+    source = re.search(r"--json\s+(benchmarks/results/\S+\.json)`", section).group(1)
+    results = json.loads((ROOT / source).read_text())["results"]
+    rows = [r for r in section.splitlines() if r.startswith("| ") and not r.startswith("| configuration")]
+    assert len(rows) == len(results)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        r = results[cells[0].split()[0]]
+        ratio = f"{r['ours_over_this']:.2f}×"
+        if cells[0].split()[0] != "fused":
+            ratio += f" ({r['ours_over_this_paired_min']:.2f}–{r['ours_over_this_paired_max']:.2f})"
+        expected = [f"{r['img_per_s_median']:,.0f}", f"{r['img_per_s_min']:,.0f} – {r['img_per_s_max']:,.0f}", ratio,
+                    f"{r['cpu_ms_per_batch']:.0f} ms"]
+        assert cells[1:] == expected, (cells[0], cells[1:], expected)
