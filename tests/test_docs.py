@@ -312,3 +312,9 @@ def test_readme_results_are_the_figures_of_the_file_it_names():
         expected = [f"{r['img_per_s_median']:,.0f}", f"{r['img_per_s_min']:,.0f} – {r['img_per_s_max']:,.0f}", ratio,
                     f"{r['cpu_ms_per_batch']:.0f} ms"]
         assert cells[1:] == expected, (cells[0], cells[1:], expected)
+
+
+def test_readme_indexes_every_document():
+    readme = (ROOT / "README.md").read_text()
+    missing = [p.name for p in DOCS[1:] if f"](docs/{p.name})" not in readme]
+    assert not missing, f"README.md's documentation index lacks {missing}"
