@@ -282,6 +282,13 @@ def test_readme_is_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 300
 
 
+def _anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file: lower case, punctuation dropped, spaces -> '-'."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
 def test_relative_links_resolve():
     broken = []
     for path in DOCS:
@@ -289,8 +296,11 @@ def test_relative_links_resolve():
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if re.match(r"[a-z]+:", target) or target.startswith("#"):
                 continue
-            if not (path.parent / target.split("#")[0]).exists():
+            file, _, anchor = target.partition("#")
+            if not (path.parent / file).exists():
                 broken.append(f"{path.relative_to(ROOT)}: {target}")
+            elif anchor and file.endswith(".md") and anchor not in _anchors(path.parent / file):
+                broken.append(f"{path.relative_to(ROOT)}: {target} (no such heading)")
     assert not broken, broken
 
 
