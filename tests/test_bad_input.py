@@ -1,5 +1,5 @@
 """Bad input and misuse: every case gets a clear error that names the thing, or a counted, documented skip
-(README, "Bad input"). CPU-only DALI pipelines on tiny images the tests write."""
+(docs/bad-input.md). CPU-only DALI pipelines on tiny images the tests write."""
 
 import io
 import json

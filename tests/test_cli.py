@@ -80,7 +80,7 @@ def test_demo_bench_and_train_share_names_and_defaults():
     shared = set(flags["demo"]) & set(flags["train"])
     assert {"mixup_alpha", "cutmix_alpha", "mode", "label_smoothing", "threads", "batch_size", "skip_corrupt",
             "auto_augment", "re_prob"} <= shared
-    for dest in shared - {"mode"}:  # demo's mode: elem, so that its picture shows mixing (README, "Command line")
+    for dest in shared - {"mode"}:  # demo's mode: elem, so that its picture shows mixing (docs/cli.md)
         assert flags["demo"][dest] == flags["train"][dest], dest
     assert flags["demo"]["mode"] == (flags["train"]["mode"][0], "elem")
     for dest in set(flags["bench"]) & shared - {"threads"}:  # bench's -j/--workers: its DataLoader's, as timm's

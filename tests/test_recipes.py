@@ -1,7 +1,7 @@
-"""The README's recipes run: the lines each diff adds to timm's train.py and torchvision's
+"""The recipes of docs/recipes.md run: the lines each diff adds to timm's train.py and torchvision's
 references/classification/train.py, executed inside loops shaped like those scripts' own (their epoch and
 sampler calls, AMP and channels_last flags, evaluation with ``accuracy``), on the sample data for a few steps;
-and the README's loader example. The scripts themselves are not copied here: the loops restate what they do."""
+and the example of docs/loader.md. The scripts themselves are not copied here: the loops restate what they do."""
 
 import os
 import re
@@ -18,14 +18,14 @@ from torch import nn
 from dali_mixup.sample_data import make_sample_data
 from script_args import timm_setup, torchvision_args
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 STEPS = 3  # a whole epoch: 12 training images, batches of 4 (the scripts' loops run whole epochs)
 
 
 def _added_lines(name):
-    """The ``+`` lines of the README's ``<!-- recipe: name -->`` diff, as statements to run in order."""
-    found = re.search(rf"<!-- recipe: {name} -->\n```diff\n(.*?)```", README.read_text(), flags=re.S)
-    assert found, f"README has no {name} recipe"
+    """The ``+`` lines of docs/recipes.md's ``<!-- recipe: name -->`` diff, as statements to run in order."""
+    found = re.search(rf"<!-- recipe: {name} -->\n```diff\n(.*?)```", (DOCS / "recipes.md").read_text(), flags=re.S)
+    assert found, f"docs/recipes.md has no {name} recipe"
     lines = [line[1:].strip() for line in found.group(1).splitlines()
              if line.startswith("+") and not line.startswith("+++")]
     assert lines and all(lines), lines
@@ -124,7 +124,7 @@ def _timm_epochs(scope, epochs):
 ], ids=["mixup-aa-reprob-amp-channels_last", "no-prefetcher", "smoothing-only"])
 def test_timm_recipe_in_timm_shaped_loops(data, changes):
     scope = _timm_scope(data, **changes)
-    exec(compile(_added_lines("timm"), "README recipe timm", "exec"), scope)
+    exec(compile(_added_lines("timm"), "docs/recipes.md recipe timm", "exec"), scope)
     assert scope["mixup_fn"] is None  # the patch's line: the loader mixes
     losses, top1s, seen = _timm_epochs(scope, epochs=2)
     assert len(losses) == 2 * STEPS and all(map(torch.isfinite, torch.tensor(losses)))
@@ -161,7 +161,7 @@ def _torchvision_run(data, args):
     (losses, samples evaluated per epoch (all ranks), len(dataset_test))."""
     import torchvision
     scope = dict(args=args, train_dir=str(data / "train"), val_dir=str(data / "val"))
-    exec(compile(_added_lines("torchvision"), "README recipe torchvision", "exec"), scope)
+    exec(compile(_added_lines("torchvision"), "docs/recipes.md recipe torchvision", "exec"), scope)
     data_loader, data_loader_test = scope["data_loader"], scope["data_loader_test"]
     train_sampler, num_classes = scope["train_sampler"], len(scope["dataset"].classes)
     model = torchvision.models.resnet18(num_classes=num_classes)
@@ -237,14 +237,11 @@ def test_torchvision_recipe_under_two_processes(data, tmp_path):
 
 # -- the loader example ------------------------------------------------------------------------------------------
 
-def test_readme_loader_example_runs(data):
-    """The example under "The loader", on the sample data (paths, batch size and epochs made small)."""
-    import torchvision
-    code = re.search(r"## The loader\n\n```python\n(.*?)```", README.read_text(), flags=re.S).group(1)
-    code = (code.replace('"/data/imagenet/train"', repr(str(data / "train")))
-            .replace('"/data/imagenet/val"', repr(str(data / "val"))).replace("batch_size=256", "batch_size=4"))
-    scope = dict(start_epoch=0, epochs=1, mixup_off_epoch=1, correct=0,
-                 model=torchvision.models.resnet18(num_classes=1000))
-    exec(compile(code, "README loader example", "exec"), scope)
+def test_readme_loader_example_runs(data, monkeypatch):
+    """The example of docs/loader.md as written, on the sample data it asks for (``$DALI_MIXUP_DATA``)."""
+    code = re.search(r"```python\n(.*?)```", (DOCS / "loader.md").read_text(), flags=re.S).group(1)
+    monkeypatch.setenv("DALI_MIXUP_DATA", str(data))
+    scope = {}
+    exec(compile(code, "docs/loader.md example", "exec"), scope)
     assert torch.isfinite(scope["loss"]) and scope["labels"].dtype == torch.int64
     assert scope["images"].dtype == torch.float32 and "loader" in scope["state"]
