@@ -17,6 +17,7 @@ from .config import (DTYPES, IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, MixupConfig, 
                      normalization_constants)
 from .kernels import pixel_math as pm
 from .cuda_runtime import _numba_cuda, cuda_device, runtime_for
+from .losses import CompactTargets
 from .params import MixParams, sample_params
 
 __all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
@@ -114,20 +115,39 @@ def mix_targets(labels, cfg: MixupConfig, params: MixParams, *, dense: bool = Tr
         cfg: gives ``num_classes`` and ``label_smoothing``.
         params: the batch's ``MixParams`` (the same λ the images were mixed with).
         dense: True -> float32 (B, C) ``λ s(y) + (1 - λ) s(y_partner)``; False -> the compact form
-            ``(y_a, y_b, lam)``: int64 (B,), int64 (B,), float32 (B,).
+            ``(y_a, y_b, lam)``: int64 (B,), int64 (B,), float32 (B,) (``CompactTargets`` holds them with the
+            smoothing, for the losses).
         device: where the result lives (default: the labels' device); ``"cuda"`` is torch's current device.
         check_labels: raise on labels outside [0, C) (reads CUDA labels back, a synchronisation).
     """
     n = params.batch_size
     device = _target_device(device, labels)
     rt = runtime_for(device)
-    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels, rt)
     if not dense:
-        partner, lam = torch.from_numpy(params.partner), torch.from_numpy(params.lam)
-        if rt is not None:
-            partner, lam = rt.to_device(partner), rt.to_device(lam)
-        return labels, labels[partner], lam
+        return tuple(_compact_targets(labels, params, cfg, device, rt, check_labels))
+    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels, rt)
     return _dense_targets(labels, params.pack(), cfg, device, rt)
+
+
+def _compact_targets(labels, params: MixParams, cfg: MixupConfig, device, rt, check: bool) -> CompactTargets:
+    """(a, b, λ) of a batch on ``device``: the labels, their partners' labels (gathered on the host when the
+    labels are there, before one staged copy each), λ; with ``cfg``'s classes and smoothing."""
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(np.asarray(labels))
+    partner, lam = torch.from_numpy(params.partner), torch.from_numpy(params.lam)
+    on_host = labels.device.type == "cpu" and (rt is None or not rt.is_on_device(labels))
+    if on_host:
+        a = _check_labels(labels, params.batch_size, cfg.num_classes, torch.device("cpu"), check)
+        b = a[partner]
+        if rt is not None:
+            a, b, lam = rt.to_device(a), rt.to_device(b), rt.to_device(lam)
+        elif device.type != "cpu":
+            a, b, lam = a.to(device), b.to(device), lam.to(device)
+    else:
+        a = _check_labels(labels, params.batch_size, cfg.num_classes, device, check, rt)
+        partner = rt.to_device(partner) if rt is not None else partner.to(device)
+        b, lam = a[partner], rt.to_device(lam) if rt is not None else lam.to(device)
+    return CompactTargets(a, b, lam, cfg.num_classes, cfg.label_smoothing)
 
 
 def _target_device(device, labels) -> torch.device:
@@ -156,7 +176,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
               mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
               out_dtype: torch.dtype = torch.float32, layout: str = "NCHW", flip=None, seed: int = 0,
               epoch: int = 0, step: int = 0, rank: int = 0,
-              check_labels: bool = True, cpu_threads: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+              check_labels: bool = True, cpu_threads: Optional[int] = None,
+              targets: str = "dense") -> Tuple[torch.Tensor, Union[torch.Tensor, CompactTargets]]:
     """Mix, normalise, cast and lay out a uint8 batch in one kernel; soft targets from the same λ.
 
     Args:
@@ -176,6 +197,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
             one when i is its own partner; partners are drawn even when a batch is not mixed).
         cpu_threads: at most this many threads for the CPU kernel (None: every core); a caller whose other
             threads already keep the cores busy (a DALI pipeline decoding) passes fewer. Ignored on CUDA.
+        targets: "dense" (float32 (B, C), the soft-label kernel) or "compact" (``CompactTargets``: the labels,
+            the partners' labels and λ, no (B, C) rows; the losses of ``dali_mixup.losses`` read both).
 
     Returns:
         (images, targets): images ``out_dtype`` (B, 3, H, W) or (B, H, W, 3), targets float32 (B, C), both on
@@ -196,12 +219,17 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
     if cpu_threads is not None and (isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int)
                                     or cpu_threads < 1):
         raise ValueError(f"cpu_threads must be an int >= 1 or None, got {cpu_threads!r}")
+    if targets not in ("dense", "compact"):
+        raise ValueError(f"targets must be 'dense' or 'compact', got {targets!r}")
     scale, bias = _check_norm(mean, std)
     device = images_u8.device
     rt = runtime_for(device)
-    labels = _check_labels(labels, n, cfg.num_classes, device, check_labels, rt)
     params = _resolve_params(cfg, params, n, h, w, dict(seed=seed, epoch=epoch, step=step, rank=rank))
     table = params.pack(_flip_array(flip, n))
+    if targets == "compact":
+        compact = _compact_targets(labels, params, cfg, device, rt, check_labels)
+    else:
+        labels = _check_labels(labels, n, cfg.num_classes, device, check_labels, rt)
 
     nchw = layout == "NCHW"
     shape = (n, 3, h, w) if nchw else (n, h, w, 3)
@@ -211,6 +239,8 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
         kernel_out = images_out if out_dtype == torch.float32 else images_out.view(torch.int16)
         table_dev = rt.to_device(torch.from_numpy(table))
         rt.launch_mix_images(images_u8.contiguous(), table_dev, scale, bias, kernel_out, nchw, out_kind)
+        if targets == "compact":
+            return images_out, compact
         return images_out, _dense_targets(labels, table, cfg, device, rt, table_dev)
     if device.type != "cpu":
         raise ValueError(f"images_u8 must be on the CPU or a CUDA device, got {device}")
@@ -220,5 +250,6 @@ def mix_batch(images_u8: torch.Tensor, labels, cfg: MixupConfig, params: Optiona
     with k.threads(cpu_threads):
         k.mix_images(images_u8.contiguous().numpy().reshape(-1), n, h, w, table, scale, bias,
                      kernel_out.numpy().reshape(-1), nchw, out_kind)
-    targets = _dense_targets(labels, table, cfg, device, None)
-    return images_out, targets
+    if targets == "compact":
+        return images_out, compact
+    return images_out, _dense_targets(labels, table, cfg, device, None)
