@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dali_mixup import bench
-from dali_mixup.cli import main
+from dali_mixup.apps import bench
+from dali_mixup.apps.cli import main
 from dali_mixup.sample_data import PHOTOS, make_photo_data
 
 
@@ -42,8 +42,8 @@ def test_photo_data_refuses_a_bad_count(tmp_path):
 
 def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--data", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
-                 "--image-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
+    assert main(["bench", "--data-dir", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
+                 "--img-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
                  "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm", "--json", str(out),
                  "--conditions", "test"]) == 0
     report = json.loads(out.read_text())
@@ -75,7 +75,7 @@ def test_bench_times_the_producer_of_every_epoch(photos):
 
 
 def test_bench_refuses_an_unknown_configuration(capsys):
-    assert main(["bench", "--data", "/nonexistent", "--configs", "fused", "nope"]) == 1
+    assert main(["bench", "--data-dir", "/nonexistent", "--configs", "fused", "nope"]) == 1
     assert "unknown ['nope']" in capsys.readouterr().err
 
 
@@ -87,5 +87,5 @@ def test_bench_refuses_bad_numbers_naming_the_flag(argv, capsys):
 
 
 def test_bench_names_a_missing_data_folder(tmp_path, capsys):
-    assert main(["bench", "--data", str(tmp_path / "missing"), "--configs", "fused"]) == 1
+    assert main(["bench", "--data-dir", str(tmp_path / "missing"), "--configs", "fused"]) == 1
     assert "not a directory" in capsys.readouterr().err

@@ -95,8 +95,8 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False, plac
     """in: ImageFolder, backend fused|none|dali -> out: a session over ``create_dali_loader``; the DALI
     iterator inside it (the loader's ``_iter``, each epoch's) and the start of each epoch's pipeline are timed as
     the producer, the rest of the loader's ``__next__`` is epilogue."""
-    from . import loader as loader_module
-    from .config import MixupConfig
+    from .. import loader as loader_module
+    from ..config import MixupConfig
     cfg = MixupConfig(num_classes, **_MIX)
     loader = loader_module.create_dali_loader(
         data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
@@ -151,7 +151,7 @@ def _torch_session(data, args, device, num_classes) -> _Session:
         transforms.ToTensor(),
         transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     ])
-    from .datasets import IMAGE_EXTENSIONS, find_corrupt
+    from ..datasets import IMAGE_EXTENSIONS, find_corrupt
 
     def decodable(path):  # --skip-corrupt: the same cheap check as the DALI loader's
         return path.lower().endswith(IMAGE_EXTENSIONS) and not find_corrupt([path])
@@ -266,16 +266,16 @@ def _measure(session: _Session, warmup: int, batches: int) -> dict:
 
 
 def _resolve_data(args) -> Path:
-    from .sample_data import ensure_photo_data, ensure_sample_data
+    from ..sample_data import ensure_photo_data, ensure_sample_data
     if args.data is not None:
         data = Path(args.data)
-        data = data / "train" if (data / "train").is_dir() else data  # --data means what it means for train
+        data = data / "train" if (data / "train").is_dir() else data  # --data-dir means what it means for train
     elif args.sample == "photos":
         data = ensure_photo_data() / "train"
     else:
         data = ensure_sample_data() / "train"
     if not data.is_dir():
-        raise ValueError(f"--data {data}: not a directory (bench needs an ImageFolder)")
+        raise ValueError(f"--data-dir {data}: not a directory (bench needs an ImageFolder)")
     return data
 
 
@@ -307,7 +307,7 @@ def run(args) -> dict:
     data = _resolve_data(args)
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())
     if num_classes == 0:
-        raise ValueError(f"--data {data}: no class sub-folders")
+        raise ValueError(f"--data-dir {data}: no class sub-folders")
     makers = {
         "fused": lambda: _dali_session(data, "fused", args, device, num_classes),
         "fused-graph": lambda: _dali_session(data, "fused", args, device, num_classes, placement="graph"),
