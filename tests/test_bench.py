@@ -1,7 +1,11 @@
-"""`dali-mixup bench` and its photo-like sample data: structure and settings, never timings."""
+"""`dali-mixup bench` and its photo-like sample data: structure, settings and where results go, never timings."""
 
 import argparse
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,12 +44,36 @@ def test_photo_data_refuses_a_bad_count(tmp_path):
         make_photo_data(tmp_path, per_class=0)
 
 
-def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--data-dir", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
-                 "--img-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
-                 "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm", "--json", str(out),
-                 "--conditions", "test"]) == 0
+@pytest.fixture(scope="module")
+def bench_run(photos, tmp_path_factory):
+    """One small bench run without --json, in a fresh current folder -> (that folder, what it printed)."""
+    cwd = tmp_path_factory.mktemp("bench-cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        out = io.StringIO()  # a module fixture: no capsys
+        with contextlib.redirect_stdout(out):
+            code = main(["bench", "--data-dir", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
+                         "--img-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
+                         "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm",
+                         "--conditions", "test"])
+    assert code == 0
+    return cwd, out.getvalue()
+
+
+def test_bench_writes_its_results_by_default_and_says_where(bench_run):
+    cwd, printed = bench_run
+    (json_file,) = (cwd / "bench-results").glob("*.json")
+    assert re.fullmatch(r"bench-cpu-float16-\d{8}-\d{6}\.json", json_file.name), json_file.name
+    assert sorted(p.name for p in (cwd / "bench-results").iterdir()) == sorted(
+        json_file.with_suffix(s).name for s in (".json", ".md", ".png"))
+    wrote = printed.strip().splitlines()[-1]
+    assert wrote == "wrote " + ", ".join(str(Path("bench-results") / json_file.with_suffix(s).name)
+                                         for s in (".json", ".md", ".png"))
+
+
+def test_bench_reports_every_configuration_with_its_time_split(bench_run):
+    cwd, _ = bench_run
+    (out,) = (cwd / "bench-results").glob("*.json")
     report = json.loads(out.read_text())
     assert report["dtype"] == "float16" and report["repetitions"] == 2 and report["conditions"] == "test"
     assert list(report["results"]) == ["fused", "fused-graph", "dali-nomix", "torch+timm"]
@@ -60,6 +88,21 @@ def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path)
     assert all(g["goal"] == bench.GOALS["cpu"][name] for name, g in report["goals"].items())
     assert out.with_suffix(".md").read_text().startswith("Measured")
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_json_chooses_where_the_results_go(bench_run, tmp_path, monkeypatch, capsys):
+    cwd, _ = bench_run
+    (done,) = (cwd / "bench-results").glob("*.json")
+    report = json.loads(done.read_text())
+    monkeypatch.setattr(bench, "run", lambda args: report)  # the same report, not measured again
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "mine" / "results.json"
+    assert main(["bench", "--configs", "fused", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == report
+    assert out.with_suffix(".md").read_text().startswith("Measured") and out.with_suffix(".png").stat().st_size > 0
+    assert not (tmp_path / "bench-results").exists()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {out}, {out.with_suffix('.md')}, " \
+                                                                 f"{out.with_suffix('.png')}"
 
 
 def test_bench_times_the_producer_of_every_epoch(photos):

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
+
+log = logging.getLogger("dali_mixup")
 
 CONFIGS = ("fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -403,16 +406,38 @@ def bar_chart(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+RESULTS_DIR = "bench-results"
+
+
+def default_output(report: dict, now: Optional[float] = None) -> Path:
+    """in: a report, the time (default: now) -> out: where its results go without ``--json``:
+    ``bench-results/bench-<device>-<dtype>-<YYYYmmdd-HHMMSS>.json`` in the current folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return Path(RESULTS_DIR) / f"bench-{report['machine']['device']}-{report['dtype']}-{stamp}.json"
+
+
+def write_results(report: dict, text: str, out: Path) -> List[Path]:
+    """in: a report, its Markdown, the JSON path -> out: the files written: ``out`` (JSON), ``out`` .md and .png
+    beside it (the chart only with matplotlib, the bench extra; without it a warning says so)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    written = [out, out.with_suffix(".md")]
+    try:
+        bar_chart(report, out.with_suffix(".png"))
+        written.append(out.with_suffix(".png"))
+    except ImportError as exc:
+        log.warning("no chart (%s): pip install 'dali-mixup[bench]' for matplotlib", exc)
+    return written
+
+
 def main(args) -> int:
-    """in: parsed ``bench`` arguments -> out: exit status; prints the table, writes JSON/MD/PNG with ``--json``."""
+    """in: parsed ``bench`` arguments -> out: exit status; prints the table and writes JSON/MD/PNG (to ``--json``
+    FILE, else to ``default_output``), printing where."""
     report = run(args)
     text = markdown(report)
     print(text)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text)
-        bar_chart(report, out.with_suffix(".png"))
-        print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    out = Path(args.json) if args.json else default_output(report)
+    written = write_results(report, text, out)
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

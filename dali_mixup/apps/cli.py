@@ -89,8 +89,9 @@ def _add_bench_only(p):
     g.add_argument("--configs", nargs="+", metavar="NAME",
                    default=["fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"],
                    help="configurations to measure")
-    g.add_argument("--json", metavar="FILE", help="also write the results to FILE (and FILE.md, FILE.png beside "
-                                                  "it) (default: print only)")
+    g.add_argument("--json", metavar="FILE",
+                   help="write the results to FILE, and FILE.md and FILE.png beside it (default: "
+                        "bench-results/bench-DEVICE-DTYPE-YYYYmmdd-HHMMSS.json in the current folder)")
     g.add_argument("--conditions", default="", metavar="TEXT",
                    help="free text recorded with the results, e.g. what else ran on the machine (default: none)")
 
