@@ -134,7 +134,8 @@ def test_a_second_trainer_is_refused_naming_the_first_and_a_dead_ones_lock_is_ta
         first.kill()  # SIGKILL: no handler runs, its lock file keeps its pid
         first.wait()
     assert json.loads((out / "train.lock").read_text())["pid"] == first.pid
-    assert _train(data, out, "--epochs", "1", "--train-batches-per-epoch", "1", "--overwrite") == 0  # the dead one's lock
+    # the dead one's lock is taken over
+    assert _train(data, out, "--epochs", "1", "--train-batches-per-epoch", "1", "--overwrite") == 0
     assert (out / "train.lock").read_text() == ""  # released at the end
 
 

@@ -114,8 +114,8 @@ def test_overwrite_without_validation_warns_and_writes_no_nan(data, tmp_path):
     out.mkdir()
     for name in ("metrics.csv", "summary.json", "checkpoint-007.pt", "notes.txt"):
         (out / name).write_text("from an earlier run")
-    proc = _train("--data-dir", str(data / "train"), "--epochs", "1", "--train-batches-per-epoch", "1", "--warmup-epochs", "5",
-                  "--output", str(out), "--overwrite")
+    proc = _train("--data-dir", str(data / "train"), "--epochs", "1", "--train-batches-per-epoch", "1",
+                  "--warmup-epochs", "5", "--output", str(out), "--overwrite")
     assert not (out / "checkpoint-007.pt").exists() and (out / "notes.txt").exists()  # only run files go
     assert proc.stderr.count("no validation folder") == 1
     assert "--warmup-epochs 5 is longer than the run (--epochs 1)" in proc.stderr
@@ -252,9 +252,9 @@ def test_summary_never_holds_nan(tmp_path):
     assert saved["wall_time_s"] == 2.0 and saved["complete"]
 
 
-def test_max_steps_trains_every_epoch_from_its_start(data, tmp_path):
-    """--train-batches-per-epoch 3 over 6 batches an epoch: every epoch takes its own first 3 batches (main continued the cut
-    epoch instead, so the third epoch trained 0 steps and recorded "train loss 0.0000")."""
+def test_train_batches_per_epoch_trains_every_epoch_from_its_start(data, tmp_path):
+    """--train-batches-per-epoch 3 over 6 batches an epoch: every epoch takes its own first 3 batches (main
+    continued the cut epoch instead, so the third epoch trained 0 steps and recorded "train loss 0.0000")."""
     args = _args(data, tmp_path, "--train-batches-per-epoch", "3", "--epochs", "3")
     ctx = train.setup("cpu")
     train_dir, val_dir = find_splits(args.data, None)

@@ -123,23 +123,32 @@ def _fit_epoch(t: Trainer, args, out: Path, started: float, epoch: int, tb, stop
     top1, top5 = evaluate(t) if t.val_loader is not None else (None, None)
     is_best = record(t, epoch, stats, top1, top5)
     wall = t.wall_time_s + time.perf_counter() - started
-    state = checkpoint_state(t, epoch, args, wall)
-    if not ctx.is_main:
-        return not stop.agreed(ctx)
-    save_checkpoint(state, out, epoch=epoch, keep=args.keep_checkpoints, is_best=is_best)
+    state = checkpoint_state(t, epoch, args, wall)  # every rank: the loaders' states are gathered
+    if ctx.is_main:
+        save_checkpoint(state, out, epoch=epoch, keep=args.keep_checkpoints, is_best=is_best)
+        _write_logs(t, args, out, wall, tb)
+        print(_epoch_line(t.history[-1], stats), flush=True)
+    return not stop.agreed(ctx)
+
+
+def _write_logs(t: Trainer, args, out: Path, wall: float, tb) -> None:
+    """metrics.csv, summary.json and TensorBoard, after an epoch (main process)."""
     write_metrics(out, t.history)
-    data = summary(t.history, t.best, epochs=args.epochs, wall_time_s=wall, out=out, extra=_extra(t, args))
-    write_summary(out, data)
+    write_summary(out, summary(t.history, t.best, epochs=args.epochs, wall_time_s=wall, out=out,
+                               extra=_extra(t, args)))
     if tb is not None:
+        row = t.history[-1]
         for k in METRICS[1:]:
-            if t.history[-1][k] is not None:
-                tb.add_scalar(k, t.history[-1][k], epoch)
-    row = t.history[-1]
-    val = "no validation" if row["val_top1"] is None else f"val top-1 {top1:.2f} top-5 {top5:.2f}"
+            if row[k] is not None:
+                tb.add_scalar(k, row[k], row["epoch"])
+
+
+def _epoch_line(row: dict, stats: dict) -> str:
+    """The line printed after an epoch: its loss, validation top-1/top-5, images per second."""
+    val = "no validation" if row["val_top1"] is None else f"val top-1 {row['val_top1']:.2f} top-5 {row['val_top5']:.2f}"
     loss = f"{row['train_loss']:.4f}" if row["train_loss"] is not None else (
         "none (no steps)" if stats.get("steps", 1) == 0 else "not finite")
-    print(f"epoch {epoch}: train loss {loss}, {val}, {stats['img_per_s']:.0f} img/s", flush=True)
-    return not stop.agreed(ctx)
+    return f"epoch {row['epoch']}: train loss {loss}, {val}, {stats['img_per_s']:.0f} img/s"
 
 
 def _resume_hint(t: Trainer, args, out: Path) -> str:
