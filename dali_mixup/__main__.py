@@ -1,8 +1,8 @@
-"""``python -m dali_mixup``: the command line (see cli.py)."""
+"""``python -m dali_mixup``: the command line (see dali_mixup/apps/cli.py)."""
 
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

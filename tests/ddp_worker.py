@@ -1,4 +1,4 @@
-"""Run by tests/test_train.py under torchrun (not collected by pytest): trains through ``dali_mixup.train.run``
+"""Run by tests/test_train.py under torchrun (not collected by pytest): trains through ``dali_mixup.apps.train.run``
 inside a process group this script owns, then gathers a digest of every rank's weights; rank 0 writes them to
 OUTPUT/ranks.json. The digests are test data, so they live here, not in the trainer's summary."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from dali_mixup import cli, train
+from dali_mixup.apps import cli, train
 
 
 def digest(model) -> str:

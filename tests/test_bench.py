@@ -1,14 +1,18 @@
-"""`dali-mixup bench` and its photo-like sample data: structure and settings, never timings."""
+"""`dali-mixup bench` and its photo-like sample data: structure, settings and where results go, never timings."""
 
 import argparse
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dali_mixup import bench
-from dali_mixup.cli import main
+from dali_mixup.apps import bench
+from dali_mixup.apps.cli import main
 from dali_mixup.sample_data import PHOTOS, make_photo_data
 
 
@@ -40,12 +44,36 @@ def test_photo_data_refuses_a_bad_count(tmp_path):
         make_photo_data(tmp_path, per_class=0)
 
 
-def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path):
-    out = tmp_path / "bench.json"
-    assert main(["bench", "--data", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
-                 "--image-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
-                 "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm", "--json", str(out),
-                 "--conditions", "test"]) == 0
+@pytest.fixture(scope="module")
+def bench_run(photos, tmp_path_factory):
+    """One small bench run without --json, in a fresh current folder -> (that folder, what it printed)."""
+    cwd = tmp_path_factory.mktemp("bench-cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        out = io.StringIO()  # a module fixture: no capsys
+        with contextlib.redirect_stdout(out):
+            code = main(["bench", "--data-dir", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
+                         "--img-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
+                         "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm",
+                         "--conditions", "test"])
+    assert code == 0
+    return cwd, out.getvalue()
+
+
+def test_bench_writes_its_results_by_default_and_says_where(bench_run):
+    cwd, printed = bench_run
+    (json_file,) = (cwd / "bench-results").glob("*.json")
+    assert re.fullmatch(r"bench-cpu-float16-\d{8}-\d{6}\.json", json_file.name), json_file.name
+    assert sorted(p.name for p in (cwd / "bench-results").iterdir()) == sorted(
+        json_file.with_suffix(s).name for s in (".json", ".md", ".png"))
+    wrote = printed.strip().splitlines()[-1]
+    assert wrote == "wrote " + ", ".join(str(Path("bench-results") / json_file.with_suffix(s).name)
+                                         for s in (".json", ".md", ".png"))
+
+
+def test_bench_reports_every_configuration_with_its_time_split(bench_run):
+    cwd, _ = bench_run
+    (out,) = (cwd / "bench-results").glob("*.json")
     report = json.loads(out.read_text())
     assert report["dtype"] == "float16" and report["repetitions"] == 2 and report["conditions"] == "test"
     assert list(report["results"]) == ["fused", "fused-graph", "dali-nomix", "torch+timm"]
@@ -62,6 +90,21 @@ def test_bench_reports_every_configuration_with_its_time_split(photos, tmp_path)
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_json_chooses_where_the_results_go(bench_run, tmp_path, monkeypatch, capsys):
+    cwd, _ = bench_run
+    (done,) = (cwd / "bench-results").glob("*.json")
+    report = json.loads(done.read_text())
+    monkeypatch.setattr(bench, "run", lambda args: report)  # the same report, not measured again
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "mine" / "results.json"
+    assert main(["bench", "--configs", "fused", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == report
+    assert out.with_suffix(".md").read_text().startswith("Measured") and out.with_suffix(".png").stat().st_size > 0
+    assert not (tmp_path / "bench-results").exists()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {out}, {out.with_suffix('.md')}, " \
+                                                                 f"{out.with_suffix('.png')}"
+
+
 def test_bench_times_the_producer_of_every_epoch(photos):
     # each epoch is a new DALI pipeline: its iterator, and the wait for it, must count as the producer's time
     args = argparse.Namespace(batch_size=4, image_size=32, threads=1, seed=0, dtype="float32")
@@ -75,7 +118,7 @@ def test_bench_times_the_producer_of_every_epoch(photos):
 
 
 def test_bench_refuses_an_unknown_configuration(capsys):
-    assert main(["bench", "--data", "/nonexistent", "--configs", "fused", "nope"]) == 1
+    assert main(["bench", "--data-dir", "/nonexistent", "--configs", "fused", "nope"]) == 1
     assert "unknown ['nope']" in capsys.readouterr().err
 
 
@@ -87,5 +130,5 @@ def test_bench_refuses_bad_numbers_naming_the_flag(argv, capsys):
 
 
 def test_bench_names_a_missing_data_folder(tmp_path, capsys):
-    assert main(["bench", "--data", str(tmp_path / "missing"), "--configs", "fused"]) == 1
+    assert main(["bench", "--data-dir", str(tmp_path / "missing"), "--configs", "fused"]) == 1
     assert "not a directory" in capsys.readouterr().err

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import dali_mixup as dm
-from dali_mixup import cli, demo
+from dali_mixup.apps import cli, demo
+from dali_mixup.apps.args import DeprecatedAlias, FlagDeprecationWarning
 from dali_mixup.datasets import Dataset
 from dali_mixup.sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--device", "cpu", "--threads", "1", "--image-size", "32"]
+SMALL = ["--device", "cpu", "-j", "1", "--img-size", "32"]
 
 
 def _run(*argv, code=None):
@@ -49,33 +50,62 @@ def test_every_flag_shows_its_default():
     for name, parser in subparsers.items():
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if action.option_strings and not isinstance(action, argparse._HelpAction):
+            if action.option_strings and not isinstance(action, (argparse._HelpAction, DeprecatedAlias)):
                 assert "default" in formatter._get_help_string(action), (name, action.option_strings)
     proc = _run("train", "--help")
     text = " ".join(proc.stdout.split())
-    for shown in ("--mixup ALPHA, --mixup-alpha ALPHA", "(default: 0.8)", "(default: 64)", "(default: 0.1)",
-                  "--mixup-mode MODE, --mix-mode MODE, --mode MODE", "--keep-checkpoints N, --checkpoint-hist N"):
+    for shown in ("--mixup ALPHA Mixup alpha", "(default: 0.8)", "(default: 64)", "(default: 0.1)",
+                  "--mixup-mode MODE batch, pair or elem", "--checkpoint-hist N numbered",
+                  "-j N, --workers N DALI CPU threads"):
         assert shown in text, shown
+    mode = next(a for a in subparsers["train"]._actions if a.dest == "mode" and not isinstance(a, DeprecatedAlias))
+    assert mode.help.endswith("[deprecated spelling: --mix-mode, --mode]")  # the help names the older spellings
+    assert "--mixup-alpha ALPHA" not in text and "--threads N" not in text  # one spelling each in the help
 
 
-def test_timm_names_and_the_older_ones_mean_the_same():
+# every older spelling -> timm's (or, with no timm spelling, the one kept)
+RENAMED = {"--data": "--data-dir", "--image-size": "--img-size", "--threads": "--workers", "--mixup-alpha": "--mixup",
+           "--cutmix-alpha": "--cutmix", "--label-smoothing": "--smoothing", "--mix-mode": "--mixup-mode",
+           "--mode": "--mixup-mode", "--max-steps": "--train-batches-per-epoch",
+           "--train-steps-per-epoch": "--train-batches-per-epoch", "--keep-checkpoints": "--checkpoint-hist"}
+
+
+def test_older_spellings_still_work_and_warn_naming_timms():
     timm = cli.parse_args(["train", "--mixup", "0.3", "--cutmix", "0.5", "--smoothing", "0.05", "--mixup-mode",
                            "elem", "--mixup-prob", "0.7", "--mixup-switch-prob", "0.2", "--cutmix-minmax", "0.2",
                            "0.8", "--mixup-off-epoch", "4", "--img-size", "160", "--data-dir", "D",
-                           "--checkpoint-hist", "5", "-b", "16"])
-    old = cli.parse_args(["train", "--mixup-alpha", "0.3", "--cutmix-alpha", "0.5", "--label-smoothing", "0.05",
-                          "--mix-mode", "elem", "--mixup-prob", "0.7", "--mixup-switch-prob", "0.2",
-                          "--cutmix-minmax", "0.2", "0.8", "--mixup-off-epoch", "4", "--image-size", "160",
-                          "--data", "D", "--keep-checkpoints", "5", "--batch-size", "16"])
-    given_as = (timm.__dict__.pop("given"), old.__dict__.pop("given"))  # the flags as typed, for --resume's messages
-    assert vars(timm) == vars(old) and given_as[0].keys() == given_as[1].keys()
+                           "--checkpoint-hist", "5", "-b", "16", "--workers", "3", "--train-batches-per-epoch", "7"])
+    values = {"--data": "D", "--image-size": "160", "--threads": "3", "--mixup-alpha": "0.3", "--cutmix-alpha": "0.5",
+              "--label-smoothing": "0.05", "--mix-mode": "elem", "--mode": "elem", "--max-steps": "7",
+              "--train-steps-per-epoch": "7", "--keep-checkpoints": "5"}
+    for old, new in RENAMED.items():
+        argv = ["train", "--mixup", "0.3", "--cutmix", "0.5", "--smoothing", "0.05", "--mixup-mode", "elem",
+                "--mixup-prob", "0.7", "--mixup-switch-prob", "0.2", "--cutmix-minmax", "0.2", "0.8",
+                "--mixup-off-epoch", "4", "--img-size", "160", "--data-dir", "D", "--checkpoint-hist", "5",
+                "-b", "16", "--workers", "3", "--train-batches-per-epoch", "7", old, values[old]]
+        with pytest.warns(FlagDeprecationWarning) as caught:
+            args = cli.parse_args(argv)
+        assert [str(w.message) for w in caught] == [f"{old} is deprecated and will be removed; use {new}"]
+        given = args.__dict__.pop("given")
+        assert vars(args) == {k: v for k, v in vars(timm).items() if k != "given"}, old
+        assert old in given.values()  # a resumed run's messages name the flag as typed
     assert (timm.mixup_alpha, timm.cutmix_alpha, timm.label_smoothing, timm.mode) == (0.3, 0.5, 0.05, "elem")
-    assert cli.parse_args(["demo", "--mode", "pair"]).mode == "pair"
+    with pytest.warns(FlagDeprecationWarning, match="use --mixup-mode"):
+        assert cli.parse_args(["demo", "--mode", "pair"]).mode == "pair"
+
+
+def test_the_command_line_shows_a_deprecated_spelling_as_one_warning_line():
+    proc = _run("train", "--mixup-alpha", "0.3", "--mixup-alph", "1")
+    assert proc.returncode == 2
+    assert "dali-mixup: warning: --mixup-alpha is deprecated and will be removed; use --mixup\n" in proc.stderr
+    assert "(did you mean --mixup?)" in proc.stderr  # close to an older spelling: the flag's own
+    assert "FutureWarning" not in proc.stderr and "warnings.warn" not in proc.stderr
 
 
 def test_demo_bench_and_train_share_names_and_defaults():
     subparsers = cli.build_parser().subcommands
-    flags = {name: {a.dest: (tuple(a.option_strings), a.default) for a in p._actions if a.option_strings}
+    flags = {name: {a.dest: (tuple(a.option_strings), a.default) for a in p._actions
+                    if a.option_strings and not isinstance(a, DeprecatedAlias)}
              for name, p in subparsers.items() if name != "make-sample-data"}
     shared = set(flags["demo"]) & set(flags["train"])
     assert {"mixup_alpha", "cutmix_alpha", "mode", "label_smoothing", "threads", "batch_size", "skip_corrupt",
@@ -106,14 +136,14 @@ def test_an_unknown_model_is_neither_torchvision_nor_timm(tmp_path):
 
 # -- errors ------------------------------------------------------------------------------------------------------
 def test_demo_names_a_missing_data_folder():
-    proc = _run("demo", "--data", "/nope")
+    proc = _run("demo", "--data-dir", "/nope")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "dali-mixup demo: error: --data /nope: no such folder"
+    assert proc.stderr.strip() == "dali-mixup demo: error: --data-dir /nope: no such folder"
 
 
 def test_without_dali_the_loader_and_demo_name_the_extra(data):
     block = "import sys; sys.modules['nvidia.dali'] = None; "
-    proc = _run(code=block + "from dali_mixup.cli import main; sys.exit(main(['demo', '--data', %r]))"
+    proc = _run(code=block + "from dali_mixup.apps.cli import main; sys.exit(main(['demo', '--data', %r]))"
                 % str(data))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "needs NVIDIA DALI: pip install 'dali-mixup[cuda13]'" in proc.stderr
@@ -134,7 +164,7 @@ def corrupt_data(tmp_path_factory):
 
 def test_a_corrupt_image_ends_in_one_paragraph(corrupt_data):
     root, victim = corrupt_data
-    proc = _run("demo", "--data", str(root), "-b", "6", "--save", "", *SMALL)
+    proc = _run("demo", "--data-dir", str(root), "-b", "6", "--save", "", *SMALL)
     assert proc.returncode == 1
     # DALI's JPEG decoder (nvImageCodec) also logs its own one-line "[ERROR] ..." to stderr; it cannot be
     # turned off (DALI_NVIMGCODEC_LOG_LEVEL is clamped to 1 = errors), so only our lines are counted here
@@ -147,9 +177,9 @@ def test_a_corrupt_image_ends_in_one_paragraph(corrupt_data):
 
 def test_debug_shows_the_traceback_and_skip_corrupt_skips(corrupt_data):
     root, _ = corrupt_data
-    proc = _run("demo", "--data", str(root), "-b", "6", "--save", "", "--debug", *SMALL)
+    proc = _run("demo", "--data-dir", str(root), "-b", "6", "--save", "", "--debug", *SMALL)
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
-    proc = _run("demo", "--data", str(root), "-b", "2", "--save", "", "--skip-corrupt", *SMALL)
+    proc = _run("demo", "--data-dir", str(root), "-b", "2", "--save", "", "--skip-corrupt", *SMALL)
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 corrupt image(s)" in proc.stderr
 
@@ -161,7 +191,7 @@ _LINE = re.compile(r"sample +(\d+): (mixup|cutmix|none) +(\w+) ([\d.]+)"
 
 def test_demo_prints_each_samples_class_and_its_partners(data, tmp_path):
     picture = tmp_path / "batch.png"
-    proc = _run("demo", "--data", str(data), "-b", "6", "--mixup", "0.4", "--cutmix", "1.0", "--mixup-mode",
+    proc = _run("demo", "--data-dir", str(data), "-b", "6", "--mixup", "0.4", "--cutmix", "1.0", "--mixup-mode",
                 "elem", "--smoothing", "0.1", "--save", str(picture), *SMALL)
     assert proc.returncode == 0, proc.stderr
     rows = {int(m.group(1)): m.groups() for m in map(_LINE.search, proc.stdout.splitlines()) if m}
@@ -241,7 +271,7 @@ def _folders(tmp_path):
 
 
 def test_augmentation_flags_reach_the_loader_only_when_set(captured, tmp_path):
-    base = ["train", "--data", _folders(tmp_path), "--output", str(tmp_path / "o"), "--model", "resnet18",
+    base = ["train", "--data-dir", _folders(tmp_path), "--output", str(tmp_path / "o"), "--model", "resnet18",
             "--device", "cpu", "--debug"]
     with pytest.raises(_Stop):
         cli.main(base + ["--aa", "rand-m9-mstd0.5", "--reprob", "0.25", "--train-interpolation", "bicubic",
@@ -265,27 +295,16 @@ def test_augmentation_flags_reach_the_loader_only_when_set(captured, tmp_path):
 def test_demo_passes_the_same_flags(captured, tmp_path):
     captured.stop_first = True
     with pytest.raises(_Stop):
-        cli.main(["demo", "--data", _folders(tmp_path), "--aa", "rand-m9", "--reprob", "0.5", "--skip-corrupt",
+        cli.main(["demo", "--data-dir", _folders(tmp_path), "--aa", "rand-m9", "--reprob", "0.5", "--skip-corrupt",
                   "--device", "cpu", "--debug"])
     (kw,) = captured
     assert kw["auto_augment"] == "rand-m9" and kw["re_prob"] == 0.5 and kw["skip_corrupt"]
     assert kw["mixup"].mode == "elem" and kw["num_threads"] == 4 and kw["batch_size"] == 64  # demo: elem
 
 
-def test_a_flag_the_installed_loader_lacks_is_named():
-    def old_loader(data, *, batch_size, num_classes, scale=(0.08, 1.0)):
-        pass
-    parser = cli.build_parser()
-    args = parser.parse_args(["demo", "--aa", "rand-m9", "--scale", "0.3", "1"])
-    with pytest.raises(ValueError, match="--aa: the installed loader .* has no auto_augment option"):
-        cli.loader_options(args, cli.AUGMENT_FLAGS, old_loader)
-    args = parser.parse_args(["demo", "--scale", "0.3", "1"])
-    assert cli.loader_options(args, cli.AUGMENT_FLAGS, old_loader) == {"scale": (0.3, 1.0)}
-
-
 def test_bench_passes_skip_corrupt(captured, tmp_path):
     captured.stop_first = True
     with pytest.raises(_Stop):
-        cli.main(["bench", "--data", _folders(tmp_path) + "/train", "--configs", "fused", "--skip-corrupt",
+        cli.main(["bench", "--data-dir", _folders(tmp_path) + "/train", "--configs", "fused", "--skip-corrupt",
                   "--device", "cpu", "--debug"])
     assert captured[0]["skip_corrupt"] is True and captured[0]["num_threads"] == 4

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dali_mixup import cli, demo, sample_data, train
+from dali_mixup import sample_data
+from dali_mixup.apps import cli, demo, train
 from dali_mixup.sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +25,7 @@ def _refused(capsys, *argv):
 
 
 def test_timm_flags_that_mean_the_same_are_accepted():
-    args = cli.parse_args(["train", "/data/imagenet", "-j", "6", "--train-steps-per-epoch", "5", "--device", "cuda",
+    args = cli.parse_args(["train", "/data/imagenet", "-j", "6", "--train-batches-per-epoch", "5", "--device", "cuda",
                            "--remode", "pixel", "--recount", "2", "--checkpoint-hist", "4", "--img-size", "160"])
     assert args.data == "/data/imagenet" and args.threads == 6 and args.max_steps == 5 and args.device == "gpu"
     assert args.train_loader_options["re_mode"] == "pixel" and args.train_loader_options["re_count"] == 2
@@ -54,7 +55,7 @@ def test_both_refusals_are_given_at_once(capsys):
 @pytest.mark.parametrize("argv,hint", [
     (["train", "--epoch", "3"], "unrecognized arguments: --epoch 3 (did you mean --epochs?)"),
     (["train", "--lr-bse", "0.2"], "(did you mean --lr-base?)"),
-    (["demo", "--mixup-alph", "0.2"], "(did you mean --mixup-alpha?)"),
+    (["demo", "--mixup-alph", "0.2"], "(did you mean --mixup?)"),  # close to the older --mixup-alpha
 ])
 def test_a_close_misspelling_gets_its_flag(capsys, argv, hint):
     assert hint in _refused(capsys, *argv)
@@ -93,8 +94,8 @@ def data(tmp_path_factory):
 
 
 def _demo(data, save, *extra):
-    return cli.main(["demo", "--data", str(data / "train"), "-b", "16", "--image-size", "32", "--device", "cpu",
-                     "--threads", "1", "--save", str(save), *extra])
+    return cli.main(["demo", "--data-dir", str(data / "train"), "-b", "16", "--img-size", "32", "--device", "cpu",
+                     "-j", "1", "--save", str(save), *extra])
 
 
 def test_the_demos_default_picture_shows_mixing_in_a_folder_made_for_it(data, tmp_path, capsys):

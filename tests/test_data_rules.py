@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dali_mixup import compat, train
+from dali_mixup import compat
+from dali_mixup.apps import cli, train
+from dali_mixup.apps.args import count_classes, find_splits
 from dali_mixup.loader import create_dali_loader
 
 EVAL = dict(batch_size=64, image_size=8, num_threads=1, device="cpu", train=False)
@@ -65,13 +67,12 @@ def test_classes_refuses_an_unknown_folder_and_bad_values(tmp_path, indexed_list
 def test_train_numbers_val_by_train_classes(tmp_path):
     _folder(tmp_path / "data" / "train", ["ant", "bee", "cat"], per_class=4)
     _folder(tmp_path / "data" / "val", ["ant", "cat"])
-    from dali_mixup import cli
-    args = cli.parse_args(["train", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
-                           "--image-size", "8", "-b", "4", "--model", "test_resnet", "--threads", "1",
+    args = cli.parse_args(["train", "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out"),
+                           "--img-size", "8", "-b", "4", "--model", "test_resnet", "-j", "1",
                            "--device", "cpu", "--epochs", "1"])
     ctx = train.setup("cpu")
-    train_dir, val_dir = train.find_splits(args.data, None)
-    t = train.build(args, ctx, train_dir, val_dir, train.count_classes(train_dir))
+    train_dir, val_dir = find_splits(args.data, None)
+    t = train.build(args, ctx, train_dir, val_dir, count_classes(train_dir))
     assert [int(v) for _, y in t.val_loader for v in y] == [0, 0, 2, 2]
 
 
@@ -94,7 +95,7 @@ def test_hidden_folders_are_not_classes_for_loader_train_and_compat(tmp_path):
     _jpeg(root / ".ipynb_checkpoints" / "x.jpg", 9)
     loader = create_dali_loader(root, num_classes=2, **EVAL)
     assert loader.dataset.classes == ["ant", "bee"]
-    assert train.count_classes(root) == 2
+    assert count_classes(root) == 2
     args = SimpleNamespace(batch_size=4, workers=1, device="cpu", ra_sampler=False, val_resize_size=8,
                            val_crop_size=8, interpolation="bilinear", weights=None)
     assert compat.from_torchvision_args(args, train=False, data=str(root)).num_classes == 2

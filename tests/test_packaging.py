@@ -44,3 +44,17 @@ def test_kernels_import_from_the_installed_mapping(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.split()
     assert Path(out[0]).read_bytes() == (ROOT / "kernels" / "__init__.py").read_bytes() and out[1] == "True"
+
+
+def test_wheel_ships_the_applications_and_the_console_script(tmp_path):
+    """dali_mixup/apps (the command line, trainer, benchmark, demo) is in the wheel; ``dali-mixup`` runs its cli."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("dali_mixup-*.whl")
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    for module in ("apps/__init__", "apps/cli", "apps/args", "apps/bench", "apps/demo", "apps/timm_flags",
+                   "apps/train/__init__", "apps/train/fit", "apps/train/epoch", "__main__"):
+        assert f"dali_mixup/{module}.py" in names, module
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    assert "dali-mixup = dali_mixup.apps.cli:main" in archive.read(entry_points).decode()

@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dali_mixup import cli, train
+from dali_mixup.apps import cli, train
+from dali_mixup.apps.train import epoch as train_epoch
+from dali_mixup.apps.train import fit as train_fit
 from dali_mixup.sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--image-size", "32", "-b", "4", "--model", "test_resnet", "--threads", "1", "--device", "cpu",
+SMALL = ["--img-size", "32", "-b", "4", "--model", "test_resnet", "-j", "1", "--device", "cpu",
          "--no-progress", "--warmup-epochs", "0.5"]
 
 
@@ -32,7 +34,7 @@ def data(tmp_path_factory):
 
 
 def _train(data, out, *extra):
-    return cli.main(["train", "--data", str(data), "--output", str(out), *SMALL, *extra])
+    return cli.main(["train", "--data-dir", str(data), "--output", str(out), *SMALL, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,8 @@ def test_a_foreign_or_partial_checkpoint_names_what_it_lacks(data, tmp_path, cap
     assert _train(data, out, "--epochs", "3", "--resume") == 1
     err = capsys.readouterr().err
     assert "checkpoint-last.pt: not a complete dali-mixup train checkpoint: it lacks 'optimizer', 'scheduler', " \
-           "'scaler', 'loader', 'num_classes', 'model_name' (it has 'epoch', 'model')" in err
+           "'scaler', 'loader', 'num_classes', 'model_name', 'history', 'best', 'wall_time_s', 'partial', 'args' " \
+           "(it has 'epoch', 'model')" in err
     assert "KeyError" not in err
 
 
@@ -116,7 +119,7 @@ def _env():
 
 def test_a_second_trainer_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(data, tmp_path, capsys):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "dali_mixup", "train", "--data", str(data), "--output",
+    first = subprocess.Popen([sys.executable, "-m", "dali_mixup", "train", "--data-dir", str(data), "--output",
                               str(out), *SMALL, "--epochs", "1000"], stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True, env=_env(), cwd=ROOT)
     try:
@@ -131,7 +134,8 @@ def test_a_second_trainer_is_refused_naming_the_first_and_a_dead_ones_lock_is_ta
         first.kill()  # SIGKILL: no handler runs, its lock file keeps its pid
         first.wait()
     assert json.loads((out / "train.lock").read_text())["pid"] == first.pid
-    assert _train(data, out, "--epochs", "1", "--max-steps", "1", "--overwrite") == 0  # the dead one's lock
+    # the dead one's lock is taken over
+    assert _train(data, out, "--epochs", "1", "--train-batches-per-epoch", "1", "--overwrite") == 0
     assert (out / "train.lock").read_text() == ""  # released at the end
 
 
@@ -146,8 +150,9 @@ def test_temporary_files_of_dead_writers_are_removed_and_no_others(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     dead, host = _dead_pid(), socket.gethostname().replace(".", "_").replace("-", "_")
-    stale = [f".checkpoint-004.pt.tmp{dead}", f".metrics.csv.tmp-{host}-{dead}-abcd1234"]
-    kept = [f".checkpoint-004.pt.tmp{os.getpid()}", f".metrics.csv.tmp-{host}-{os.getpid()}-abcd1234",
+    stale = [f".metrics.csv.tmp-{host}-{dead}-abcd1234", f".checkpoint-004.pt.tmp-{host}-{dead}-0f0f0f0f"]
+    kept = [f".checkpoint-004.pt.tmp{dead}",  # not a name dali-mixup writes: never its to remove
+            f".metrics.csv.tmp-{host}-{os.getpid()}-abcd1234",
             f".summary.json.tmp-otherhost-{dead}-abcd1234", ".notes.tmp", "notes.tmp123"]
     for name in stale + kept:
         (out / name).write_bytes(b"half a checkpoint")
@@ -165,7 +170,7 @@ def test_an_unwritable_output_is_refused_before_training(data, tmp_path, monkeyp
         out = tmp_path / "read-only"
         out.mkdir()
         out.chmod(0o555)
-    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("trained before checking --output"))
+    monkeypatch.setattr(train_fit, "train_one_epoch", lambda *a, **k: pytest.fail("trained before checking --output"))
     assert _train(data, out, "--epochs", "1", "--overwrite") == 1
     assert f"--output {out}: cannot write there" in capsys.readouterr().err
 
@@ -173,14 +178,14 @@ def test_an_unwritable_output_is_refused_before_training(data, tmp_path, monkeyp
 # -- 8, 9. Ctrl-C and SIGTERM, resuming with the run's own flags -------------------------------------------------
 def _signal_at_step(monkeypatch, step, signum):
     calls = {"n": 0}
-    loss = train.soft_target_cross_entropy
+    loss = train_epoch.soft_target_cross_entropy
 
     def counting(logits, targets):
         calls["n"] += 1
         if calls["n"] == step:
             os.kill(os.getpid(), signum)  # the user's Ctrl-C (or the scheduler's SIGTERM) during this step
         return loss(logits, targets)
-    monkeypatch.setattr(train, "soft_target_cross_entropy", counting)
+    monkeypatch.setattr(train_epoch, "soft_target_cross_entropy", counting)
     return calls
 
 
@@ -210,16 +215,16 @@ def test_a_signal_saves_a_mid_epoch_checkpoint_that_resumes_the_same_run(data, f
 def test_resume_reuses_the_runs_flags_and_lists_every_differing_one(data, finished, tmp_path, capsys):
     saved = json.loads((finished / "args.json").read_text())
     assert saved["image_size"] == 32 and saved["model"] == "test_resnet"
-    code = cli.main(["train", "--output", str(finished), "--resume", "--image-size", "64", "-b", "8",
+    code = cli.main(["train", "--output", str(finished), "--resume", "--img-size", "64", "-b", "8",
                      "--model", "test_resnet", "--mixup", "0.5"])
     assert code == 1
     err = capsys.readouterr().err
     assert "3 flag(s) differ from the run's own" in err
-    for shown in ("--image-size 64 (the run has 32)", "-b 8 (the run has 4)", "--mixup 0.5 (the run has 0.8)"):
+    for shown in ("--img-size 64 (the run has 32)", "-b 8 (the run has 4)", "--mixup 0.5 (the run has 0.8)"):
         assert shown in err, shown
     assert "--model" not in err.split("differ")[1].split("A resumed")[0]  # given with the run's value: fine
-    assert cli.main(["train", "--output", str(finished), "--resume", "--max-steps", "1"]) == 1
-    assert "--max-steps 1 (the run has its default)" in capsys.readouterr().err
+    assert cli.main(["train", "--output", str(finished), "--resume", "--train-batches-per-epoch", "1"]) == 1
+    assert "--train-batches-per-epoch 1 (the run has its default)" in capsys.readouterr().err
     longer = tmp_path / "longer"
     shutil.copytree(finished, longer)
     # --epochs may change: the same run, trained longer, with nothing else typed

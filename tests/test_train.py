@@ -1,6 +1,6 @@
 """The trainer on CPU. Runs of the command line (subprocesses, as a user runs it): a smoke run, resume, a
 finished run, the output-folder guard, no validation data, two-process DDP. Steps alone (in process): build,
-one epoch, evaluate, checkpoint, resume; atomic checkpoints; the progress bar; the summary."""
+one epoch, evaluate, checkpoint, resume; atomic checkpoints; the progress bar (tqdm); the summary."""
 
 import json
 import math
@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dali_mixup import cli, train
+from dali_mixup.apps import cli, train
+from dali_mixup.apps.args import count_classes, find_splits
 from dali_mixup.sample_data import make_sample_data
 
 ROOT = Path(__file__).resolve().parents[1]
 # test_resnet: timm's 0.4M-parameter ResNet, so a checkpoint is 3 MB and an epoch a fraction of a second
-ARGS = ["--model", "test_resnet", "--image-size", "48", "--batch-size", "8", "--threads", "1", "--device", "cpu",
+ARGS = ["--model", "test_resnet", "--img-size", "48", "--batch-size", "8", "-j", "1", "--device", "cpu",
         "--lr-base", "0.4", "--warmup-epochs", "0.5", "--mixup", "0.2", "--cutmix", "0", "--no-progress"]
 
 
@@ -50,7 +51,7 @@ def data(tmp_path_factory):
 def run3(data, tmp_path_factory):
     """A finished 3-epoch run (keeping 2 numbered checkpoints) and its stdout."""
     out = tmp_path_factory.mktemp("run3") / "run"
-    proc = _train("--data", str(data), "--epochs", "3", "--output", str(out), "--keep-checkpoints", "2")
+    proc = _train("--data-dir", str(data), "--epochs", "3", "--output", str(out), "--checkpoint-hist", "2")
     return out, proc.stdout
 
 
@@ -81,7 +82,7 @@ def test_smoke_run_writes_what_it_promises(run3):
 def test_resume_continues_the_same_run(data, run3, tmp_path):
     full, _ = run3
     resumed = tmp_path / "resumed"
-    _train("--data", str(data), "--epochs", "3", "--output", str(resumed),
+    _train("--data-dir", str(data), "--epochs", "3", "--output", str(resumed),
            "--resume", str(full / "checkpoint-001.pt"))
     a = torch.load(full / "checkpoint-last.pt", weights_only=False)
     b = torch.load(resumed / "checkpoint-last.pt", weights_only=False)
@@ -94,7 +95,7 @@ def test_resume_continues_the_same_run(data, run3, tmp_path):
 def test_resume_of_a_finished_run_says_so_and_keeps_it(data, run3):
     out, _ = run3
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
-    proc = _train("--data", str(data), "--epochs", "3", "--output", str(out), "--resume")
+    proc = _train("--data-dir", str(data), "--epochs", "3", "--output", str(out), "--resume")
     assert "is complete" in proc.stdout and "nothing rewritten" in proc.stdout
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
 
@@ -102,7 +103,7 @@ def test_resume_of_a_finished_run_says_so_and_keeps_it(data, run3):
 def test_existing_run_is_refused_without_resume_or_overwrite(data, run3):
     out, _ = run3
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    proc = _train("--data", str(data), "--epochs", "3", "--output", str(out), ok=False)
+    proc = _train("--data-dir", str(data), "--epochs", "3", "--output", str(out), ok=False)
     assert proc.returncode == 1 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
@@ -113,8 +114,8 @@ def test_overwrite_without_validation_warns_and_writes_no_nan(data, tmp_path):
     out.mkdir()
     for name in ("metrics.csv", "summary.json", "checkpoint-007.pt", "notes.txt"):
         (out / name).write_text("from an earlier run")
-    proc = _train("--data", str(data / "train"), "--epochs", "1", "--max-steps", "1", "--warmup-epochs", "5",
-                  "--output", str(out), "--overwrite")
+    proc = _train("--data-dir", str(data / "train"), "--epochs", "1", "--train-batches-per-epoch", "1",
+                  "--warmup-epochs", "5", "--output", str(out), "--overwrite")
     assert not (out / "checkpoint-007.pt").exists() and (out / "notes.txt").exists()  # only run files go
     assert proc.stderr.count("no validation folder") == 1
     assert "--warmup-epochs 5 is longer than the run (--epochs 1)" in proc.stderr
@@ -126,22 +127,22 @@ def test_overwrite_without_validation_warns_and_writes_no_nan(data, tmp_path):
 
 def test_resume_with_other_classes_is_refused(data, run3, tmp_path):
     full, _ = run3
-    proc = _train("--data", str(data), "--num-classes", "7", "--epochs", "4", "--output", str(tmp_path / "o"),
+    proc = _train("--data-dir", str(data), "--num-classes", "7", "--epochs", "4", "--output", str(tmp_path / "o"),
                   "--resume", str(full / "checkpoint-last.pt"), ok=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "--num-classes 7 (the run has its default)" in proc.stderr  # the run counted its 4 class folders
 
 
 def test_missing_data_is_named(tmp_path):
-    proc = _train("--data", "/nonexistent/data", "--output", str(tmp_path / "o"), ok=False)
-    assert proc.returncode == 1 and "--data /nonexistent/data: no such folder" in proc.stderr
+    proc = _train("--data-dir", "/nonexistent/data", "--output", str(tmp_path / "o"), ok=False)
+    assert proc.returncode == 1 and "--data-dir /nonexistent/data: no such folder" in proc.stderr
 
 
 def test_two_process_ddp_keeps_ranks_identical(data, tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 str(ROOT / "tests" / "ddp_worker.py")]
-    proc = subprocess.run(launcher + ARGS + ["--data", str(data), "--epochs", "1", "--max-steps", "3",
+    proc = subprocess.run(launcher + ARGS + ["--data-dir", str(data), "--epochs", "1", "--train-batches-per-epoch", "3",
                                              "--output", str(out)], capture_output=True, text=True, timeout=600,
                           env=_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -153,16 +154,16 @@ def test_two_process_ddp_keeps_ranks_identical(data, tmp_path):
 
 # -- the steps alone, in process ---------------------------------------------------------------------------------
 def _args(data, out, *extra):
-    return cli.parse_args(["train", "--data", str(data), "--output", str(out), "--image-size", "32", "-b", "4",
-                           "--model", "test_resnet", "--threads", "1", "--device", "cpu", "--epochs", "2",
-                           "--max-steps", "2", *extra])
+    return cli.parse_args(["train", "--data-dir", str(data), "--output", str(out), "--img-size", "32", "-b", "4",
+                           "--model", "test_resnet", "-j", "1", "--device", "cpu", "--epochs", "2",
+                           "--train-batches-per-epoch", "2", *extra])
 
 
 def test_steps_alone_build_epoch_evaluate_checkpoint_resume(data, tmp_path):
     args = _args(data, tmp_path)
     ctx = train.setup("cpu")
-    train_dir, val_dir = train.find_splits(args.data, None)
-    t = train.build(args, ctx, train_dir, val_dir, train.count_classes(train_dir))
+    train_dir, val_dir = find_splits(args.data, None)
+    t = train.build(args, ctx, train_dir, val_dir, count_classes(train_dir))
     assert t.steps_per_epoch == 2 and t.lr == pytest.approx(0.1 * 4 / 256) and t.start_epoch == 0
     stats = train.train_one_epoch(t, 0)
     assert math.isfinite(stats["train_loss"]) and stats["img_per_s"] > 0
@@ -215,21 +216,28 @@ def test_checkpoints_are_atomic_and_keep_the_last_n_and_the_best(tmp_path, monke
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name == "checkpoint-005.pt"]
 
 
-def test_progress_redraws_at_least_once_a_second_with_an_eta():
+def test_the_progress_bar_shows_steps_eta_loss_and_rate_and_only_when_asked(data, tmp_path, capsys):
     import io
-    now = [0.0]
+    import re
+    args = _args(data, tmp_path)
+    ctx = train.setup("cpu")
+    train_dir, _ = find_splits(args.data, None)
+    t = train.build(args, ctx, train_dir, None, count_classes(train_dir))
     stream = io.StringIO()
-    bar = train.Progress(100, "epoch 0", stream=stream, interval=0.5, clock=lambda: now[0])
-    draws = 0
-    for step in range(1, 101):
-        now[0] += 0.3  # steps of 0.3 s
-        if bar.due(step):
-            bar.update(step, "loss 1.0")
-            draws += 1
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == draws and 100 * 0.3 / 1.0 <= draws <= 100  # at least one draw per second of steps
-    assert lines[0].startswith("epoch 0 [") and "1/100" in lines[0] and "ETA 0:00:30" in lines[0]
-    assert "100/100" in lines[-1] and "ETA 0:00:00" in lines[-1]
+    train.train_one_epoch(t, 0, progress=stream)
+    last = stream.getvalue().rstrip("\n").split("\r")[-1]  # tqdm redraws its line in place
+    assert last.startswith("epoch 0: 100%") and "2/2 [" in last, last
+    assert re.search(r"\d\d:\d\d<00:00", last), last  # elapsed < remaining
+    assert re.search(r"loss \d+\.\d{4}, \d+ img/s\]$", last), last
+    train.train_one_epoch(t, 1)  # no bar asked (--no-progress, or a rank other than 0): nothing per step
+    assert capsys.readouterr().err == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    bar = train.progress_bar(100, "epoch 0", file=Terminal())
+    assert bar.mininterval <= 1.0 and bar.miniters == 1  # redrawn at least once a second, the time checked per step
+    bar.close()
 
 
 def test_summary_never_holds_nan(tmp_path):
@@ -244,13 +252,13 @@ def test_summary_never_holds_nan(tmp_path):
     assert saved["wall_time_s"] == 2.0 and saved["complete"]
 
 
-def test_max_steps_trains_every_epoch_from_its_start(data, tmp_path):
-    """--max-steps 3 over 6 batches an epoch: every epoch takes its own first 3 batches (main continued the cut
-    epoch instead, so the third epoch trained 0 steps and recorded "train loss 0.0000")."""
-    args = _args(data, tmp_path, "--max-steps", "3", "--epochs", "3")
+def test_train_batches_per_epoch_trains_every_epoch_from_its_start(data, tmp_path):
+    """--train-batches-per-epoch 3 over 6 batches an epoch: every epoch takes its own first 3 batches (main
+    continued the cut epoch instead, so the third epoch trained 0 steps and recorded "train loss 0.0000")."""
+    args = _args(data, tmp_path, "--train-batches-per-epoch", "3", "--epochs", "3")
     ctx = train.setup("cpu")
-    train_dir, val_dir = train.find_splits(args.data, None)
-    t = train.build(args, ctx, train_dir, None, train.count_classes(train_dir))
+    train_dir, val_dir = find_splits(args.data, None)
+    t = train.build(args, ctx, train_dir, None, count_classes(train_dir))
     assert len(t.train_loader) == 6 and t.steps_per_epoch == 3
     for epoch in range(3):
         stats = train.train_one_epoch(t, epoch)

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
+
+log = logging.getLogger("dali_mixup")
 
 CONFIGS = ("fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -96,8 +99,8 @@ def _dali_session(data, backend, args, device, num_classes, timm_mix=False, plac
     iterator inside it (each epoch's pipeline's, put in use by ``loader._pipes.use``) and the start of each
     epoch's pipeline (``loader._pipes.start_pass``) are timed as the producer, the rest of the loader's
     ``__next__`` is epilogue."""
-    from . import loader as loader_module
-    from .config import MixupConfig
+    from .. import loader as loader_module
+    from ..config import MixupConfig
     cfg = MixupConfig(num_classes, **_MIX)
     loader = loader_module.create_dali_loader(
         data, batch_size=args.batch_size, num_classes=num_classes, image_size=args.image_size,
@@ -149,7 +152,7 @@ def _torch_session(data, args, device, num_classes) -> _Session:
         transforms.ToTensor(),
         transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     ])
-    from .datasets import IMAGE_EXTENSIONS, find_corrupt
+    from ..datasets import IMAGE_EXTENSIONS, find_corrupt
 
     def decodable(path):  # --skip-corrupt: the same cheap check as the DALI loader's
         return path.lower().endswith(IMAGE_EXTENSIONS) and not find_corrupt([path])
@@ -264,16 +267,16 @@ def _measure(session: _Session, warmup: int, batches: int) -> dict:
 
 
 def _resolve_data(args) -> Path:
-    from .sample_data import ensure_photo_data, ensure_sample_data
+    from ..sample_data import ensure_photo_data, ensure_sample_data
     if args.data is not None:
         data = Path(args.data)
-        data = data / "train" if (data / "train").is_dir() else data  # --data means what it means for train
+        data = data / "train" if (data / "train").is_dir() else data  # --data-dir means what it means for train
     elif args.sample == "photos":
         data = ensure_photo_data() / "train"
     else:
         data = ensure_sample_data() / "train"
     if not data.is_dir():
-        raise ValueError(f"--data {data}: not a directory (bench needs an ImageFolder)")
+        raise ValueError(f"--data-dir {data}: not a directory (bench needs an ImageFolder)")
     return data
 
 
@@ -305,7 +308,7 @@ def run(args) -> dict:
     data = _resolve_data(args)
     num_classes = sum(1 for e in os.scandir(data) if e.is_dir())
     if num_classes == 0:
-        raise ValueError(f"--data {data}: no class sub-folders")
+        raise ValueError(f"--data-dir {data}: no class sub-folders")
     makers = {
         "fused": lambda: _dali_session(data, "fused", args, device, num_classes),
         "fused-graph": lambda: _dali_session(data, "fused", args, device, num_classes, placement="graph"),
@@ -401,16 +404,38 @@ def bar_chart(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+RESULTS_DIR = "bench-results"
+
+
+def default_output(report: dict, now: Optional[float] = None) -> Path:
+    """in: a report, the time (default: now) -> out: where its results go without ``--json``:
+    ``bench-results/bench-<device>-<dtype>-<YYYYmmdd-HHMMSS>.json`` in the current folder."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return Path(RESULTS_DIR) / f"bench-{report['machine']['device']}-{report['dtype']}-{stamp}.json"
+
+
+def write_results(report: dict, text: str, out: Path) -> List[Path]:
+    """in: a report, its Markdown, the JSON path -> out: the files written: ``out`` (JSON), ``out`` .md and .png
+    beside it (the chart only with matplotlib, the bench extra; without it a warning says so)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(text)
+    written = [out, out.with_suffix(".md")]
+    try:
+        bar_chart(report, out.with_suffix(".png"))
+        written.append(out.with_suffix(".png"))
+    except ImportError as exc:
+        log.warning("no chart (%s): pip install 'dali-mixup[bench]' for matplotlib", exc)
+    return written
+
+
 def main(args) -> int:
-    """in: parsed ``bench`` arguments -> out: exit status; prints the table, writes JSON/MD/PNG with ``--json``."""
+    """in: parsed ``bench`` arguments -> out: exit status; prints the table and writes JSON/MD/PNG (to ``--json``
+    FILE, else to ``default_output``), printing where."""
     report = run(args)
     text = markdown(report)
     print(text)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(text)
-        bar_chart(report, out.with_suffix(".png"))
-        print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    out = Path(args.json) if args.json else default_output(report)
+    written = write_results(report, text, out)
+    print(f"wrote {', '.join(str(p) for p in written)}")
     return 0

@@ -90,8 +90,8 @@ def _save_new(save, path: Path) -> None:
 def run(args) -> int:
     """in: the parsed ``demo`` flags -> out: exit status 0; prints the batch and saves its picture."""
     import dali_mixup as dm
-    from . import loader as _loader
-    from .train import count_classes, find_splits, mixup_config
+    from .. import loader as _loader
+    from .args import count_classes, find_splits, mixup_config
 
     train_dir, _ = find_splits(args.data, None)
     if args.data is None:

@@ -13,23 +13,30 @@ Where the filesystem has no ``flock``, the pid inside decides (a dead pid on thi
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, List, Optional
 
-__all__ = ["LOCK", "OutputLocked", "OutputLock", "temp_prefix", "exclusive_temp", "new_temp_name", "pid_alive",
-           "remove_stale_temps", "check_writable"]
+__all__ = ["LOCK", "LAST", "BEST", "OutputLocked", "OutputLock", "temp_prefix", "exclusive_temp", "new_temp_name",
+           "pid_alive", "remove_stale_temps", "check_writable", "run_files", "prepare_output", "atomic_write",
+           "atomic_link", "remove_if_unused"]
 
 log = logging.getLogger("dali_mixup")
 
 LOCK = "train.lock"
+LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
+ARGS_FILE = "args.json"  # the run's own flags (run_args)
+NUMBERED = re.compile(r"checkpoint-(\d+)\.pt$")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 #: Mode of the files a run writes: what ``open`` gives under the process's umask (mkstemp alone gives 0600).
@@ -63,7 +70,6 @@ def new_temp_name(path: Path) -> Path:
 
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
-_OLD_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")  # dali-mixup 0.1's names: .NAME.tmpPID, this host
 
 
 def pid_alive(pid: int) -> bool:
@@ -85,8 +91,8 @@ def remove_stale_temps(out: Path) -> list:
     removed = []
     here = _host()
     for p in sorted(out.iterdir()) if out.is_dir() else []:
-        m = _TEMP.match(p.name) or _OLD_TEMP.match(p.name)
-        if m is None or m.groupdict().get("host", here) != here or pid_alive(int(m.group("pid"))):
+        m = _TEMP.match(p.name)
+        if m is None or m.group("host") != here or pid_alive(int(m.group("pid"))):
             continue
         if p.is_symlink() or p.is_file():
             p.unlink(missing_ok=True)
@@ -185,3 +191,102 @@ class OutputLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+def run_files(out: Path) -> List[Path]:
+    """in: an output folder -> out: the files a training run writes there (checkpoints, metrics, summary)."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.name in ("metrics.csv", "summary.json", LAST, BEST)
+                  or NUMBERED.match(p.name))
+
+
+def _refuse_a_run_there(out: Path, resume: bool, overwrite: bool) -> None:
+    found = run_files(out)
+    if found and not (resume or overwrite):
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(f"--output {out} already holds a run ({names}): pass --resume to continue it, --overwrite "
+                         f"to replace it, or choose another --output")
+
+
+def prepare_output(out: Path, *, resume: bool, overwrite: bool, is_main: bool) -> Optional["OutputLock"]:
+    """in: --output, whether --resume/--overwrite were given -> out: the folder ready, and (main process) its lock,
+    held for the run. A run already there is an error unless resumed (kept, appended to) or overwritten (its run
+    files removed, nothing else). A folder that cannot be written, or that another trainer holds (named: pid, host,
+    start time), is an error now; temporary files of a writer that died are removed."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out}: is a file, not a folder")
+    _refuse_a_run_there(out, resume, overwrite)  # before locking (a refused command leaves nothing behind) ...
+    lock = None
+    if is_main:  # ... and again under the lock: the folder is only known while no other trainer writes there
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise type(exc)(f"--output {out}: cannot create the folder ({exc.strerror or exc})") from None
+        check_writable(out)
+        lock = OutputLock(out).acquire()
+    try:
+        _refuse_a_run_there(out, resume, overwrite)
+        if not is_main:
+            return None
+        remove_stale_temps(out)
+        if overwrite and not resume:
+            for p in run_files(out):
+                p.unlink()
+            shutil.rmtree(out / "tb", ignore_errors=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def atomic_write(path: Path, write: Callable[[io.IOBase], None], mode: str = "wb") -> None:
+    """Write through a temporary file in the same folder, flushed to disk, then renamed over ``path``: a kill
+    at any moment leaves either the old file or the new one, never a broken one. The temporary file is created
+    exclusively under an unpredictable name (``tempfile.mkstemp``): a file or link planted in the folder is never
+    written through."""
+    fd, tmp = exclusive_temp(path)
+    try:
+        with open(fd, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_link(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link; a copy where links are not supported), atomically,
+    through a temporary name nobody can predict (``os.link`` refuses an existing name; the copy goes to a file
+    created exclusively)."""
+    tmp = new_temp_name(dst)
+    try:
+        os.link(src, tmp)
+    except FileExistsError:
+        return atomic_link(src, dst)  # 2**-32: another name
+    except OSError:
+        def copy(fh):
+            with open(src, "rb") as source:
+                shutil.copyfileobj(source, fh)
+        atomic_write(dst, copy)
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_if_unused(out: Path) -> None:
+    """A run that failed before writing anything leaves no folder it created (only its lock and args.json)."""
+    if not out.is_dir():
+        return
+    left = {p.name for p in out.iterdir()}
+    if left <= {LOCK, ARGS_FILE}:
+        for name in left:
+            (out / name).unlink(missing_ok=True)
+        out.rmdir()
+

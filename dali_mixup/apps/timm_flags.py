@@ -41,7 +41,7 @@ TIMM_TRAIN_FLAGS = frozenset("""
 
 _OPT = "the trainer uses SGD with Nesterov momentum (--momentum, --weight-decay; norms and biases undecayed)"
 _SCHED = "the schedule is a linear warm-up then cosine decay to 0 (--lr or --lr-base, --warmup-epochs)"
-_LOADER = "the DALI loader has no DataLoader to tune (its CPU threads: --threads, also -j/--workers)"
+_LOADER = "the DALI loader has no DataLoader to tune (its CPU threads: -j/--workers)"
 _DATA = "the data is an ImageFolder, a file list or WebDataset shards (--data, with train/ and val/, or --val-data)"
 _WEIGHTS = "models start from random weights"
 

@@ -15,11 +15,12 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
+from .output import ARGS_FILE
+
 __all__ = ["ARGS_FILE", "MAY_CHANGE", "write_args", "resumed_args"]
 
-ARGS_FILE = "args.json"
 #: Flags (by dest) that a resumed session may set to a new value: they do not change which batches the run draws
-#: or how it learns from them. --data and --val-data may move (the loader's sample-list fingerprint still checks
+#: or how it learns from them. --data-dir and --val-data may move (the loader's sample-list fingerprint still checks
 #: that the data are the same).
 MAY_CHANGE = frozenset({"epochs", "output", "resume", "overwrite", "no_progress", "debug", "keep_checkpoints",
                         "threads", "data", "val_data"})
@@ -36,7 +37,7 @@ def _norm(value):
 
 
 def write_args(out: Path, saved: dict, write_text) -> None:
-    """Write ``saved`` (``train.plain_args``) to ``out/args.json`` with ``write_text(path, text)`` (atomic)."""
+    """Write ``saved`` (``checkpoint.plain_args``) to ``out/args.json`` with ``write_text(path, text)`` (atomic)."""
     write_text(out / ARGS_FILE, json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
 
