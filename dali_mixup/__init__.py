@@ -12,7 +12,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD, MODES, PAIRINGS, MixupConfig
 from .loader import DaliMixupLoader, create_dali_loader
 from .losses import (CompactTargets, MixupBinaryCrossEntropy, MixupCrossEntropy, mixup_binary_cross_entropy,
                      mixup_cross_entropy)
-from .mixing import mix_batch, mix_targets
+from .mixing import MixRecord, mix_batch, mix_record, mix_targets
 from .params import MixParams, sample_params
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "CompactTargets",
     "DaliMixupLoader",
     "MixParams",
+    "MixRecord",
     "MixupBinaryCrossEntropy",
     "MixupConfig",
     "MixupCrossEntropy",
@@ -30,6 +31,7 @@ __all__ = [
     "from_timm_args",
     "from_torchvision_args",
     "mix_batch",
+    "mix_record",
     "mix_targets",
     "mixup_binary_cross_entropy",
     "mixup_cross_entropy",

@@ -6,18 +6,20 @@
   copied into memory the caller owns (or, ``zero_copy``, handed out as DALI's own).
 
 in:  a batch dict of DALI's torch tensors (zero-copy: DALI's memory), the batch's (epoch, step).
-out: (images, targets, shared): ``shared`` lists the outputs handed out as DALI's own memory (the loader's ring
-     then holds the batch until the caller's next call instead of until the queued work's event).
+out: (images, targets, shared, params): ``shared`` lists the outputs handed out as DALI's own memory (the
+     loader's ring then holds the batch until the caller's next call instead of until the queued work's event);
+     ``params`` the batch's ``MixParams`` where the loader drew them (the fused epilogue; a loader without
+     mixing when compact targets or the mixing record are asked for), else None.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional
 
 import torch
 
-from .mixing import mix_batch
+from .mixing import _compact_targets, mix_batch
 from .params import batch_key, sample_params
 from .spec import LoaderSpec
 
@@ -33,17 +35,17 @@ class FusedEpilogue:
         self.cpu_threads = max(1, len(os.sched_getaffinity(0)) - spec.num_threads) if hasattr(
             os, "sched_getaffinity") else None
 
-    def __call__(self, batch: dict, epoch: int, step: int) -> Tuple[torch.Tensor, torch.Tensor, List]:
+    def __call__(self, batch: dict, epoch: int, step: int):
         spec = self.spec
         images_u8, labels, flip = batch["images"], batch["labels"], batch["flip"]
         n, h, w, _ = images_u8.shape
         cfg = spec.mixup if self.switch(epoch) else spec.no_mix()
-        epoch, step = batch_key(step, None, epoch)  # the pipeline's run in the epoch is the step
-        params = sample_params(cfg, n, h, w, seed=spec.seed, epoch=epoch, step=step, rank=spec.shard_id)
+        params = _params(spec, cfg, n, h, w, epoch, step)
         images, targets = mix_batch(images_u8, labels, cfg, params, mean=spec.mean, std=spec.std,
                                     out_dtype=spec.out_dtype, layout=spec.layout, flip=flip.cpu().numpy(),
-                                    check_labels=False, cpu_threads=self.cpu_threads)
-        return images, targets, []
+                                    check_labels=False, cpu_threads=self.cpu_threads,
+                                    targets="compact" if spec.targets == "compact" else "dense")
+        return images, targets, [], params
 
 
 class HandOut:
@@ -52,13 +54,21 @@ class HandOut:
     def __init__(self, spec: LoaderSpec, runtime):
         self.spec, self.rt = spec, runtime
 
-    def __call__(self, batch: dict, epoch: int, step: int) -> Tuple[torch.Tensor, torch.Tensor, List]:
-        images, shared = batch["images"], []
+    def __call__(self, batch: dict, epoch: int, step: int):
+        images, shared, spec = batch["images"], [], self.spec
         if images.dtype == torch.int16:  # bfloat16 mixed in the graph comes as its bits (DALI has no bfloat16)
             images = images.view(torch.bfloat16)
-        images = self._hand_out(images, self.spec.out_dtype, shared)
-        targets = self._hand_out(batch["targets"], torch.float32, shared)
-        return images, targets, shared
+        images = self._hand_out(images, spec.out_dtype, shared)
+        params = None
+        if spec.targets == "compact" or spec.record:  # only without mixing (spec): the no-mix parameters
+            size = spec.image_size
+            params = _params(spec, spec.no_mix(), len(batch["labels"]), size, size, epoch, step)
+        if spec.targets == "compact":
+            targets = _compact_targets(batch["labels"], params, spec.no_mix(), self.rt.device if self.rt else
+                                       torch.device("cpu"), self.rt, False)
+        else:
+            targets = self._hand_out(batch["targets"], torch.float32, shared)
+        return images, targets, shared, params
 
     def _hand_out(self, tensor: torch.Tensor, dtype: torch.dtype, shared: list) -> torch.Tensor:
         """On the GPU, a copy in memory the caller owns (torch's, filled on the current stream), or with
@@ -70,6 +80,12 @@ class HandOut:
             shared.append(tensor)
             return tensor
         return self.rt.owned_copy(tensor, dtype)
+
+
+def _params(spec: LoaderSpec, cfg, n: int, h: int, w: int, epoch: int, step: int):
+    """The batch's parameters, drawn for its key: the pipeline's run in the epoch is the step."""
+    epoch, step = batch_key(step, None, epoch)
+    return sample_params(cfg, n, h, w, seed=spec.seed, epoch=epoch, step=step, rank=spec.shard_id)
 
 
 def for_spec(spec: LoaderSpec, switch: Callable[[int], bool], runtime) -> Callable:

@@ -25,7 +25,7 @@ from .cuda_runtime import runtime_for
 from .dali import import_dali
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .lifecycle import PREFETCH_DEPTH, InFlight, Pipelines
-from .mixing import precompile_in_background
+from .mixing import mix_record, precompile_in_background
 from .spec import BACKENDS, DEVICES, TARGETS, LoaderSpec
 
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES", "TARGETS"]
@@ -276,7 +276,7 @@ class DaliMixupLoader:
         # signal handlers and KeyboardInterrupt run in the main thread only: its position is saved first
         self._before = self._position(with_dali=threading.current_thread() is threading.main_thread())
         try:
-            images, targets = self._make_batch()
+            batch = self._make_batch()
         except StopIteration:
             self._in_epoch, self._stopped = False, True
             self.epoch += 1
@@ -289,7 +289,7 @@ class DaliMixupLoader:
                 self._restart = self._before
             raise
         self.step += 1
-        return images, targets
+        return batch
 
     def _make_batch(self):
         """The next batch of this epoch (the step is counted by the caller)."""
@@ -297,16 +297,17 @@ class DaliMixupLoader:
             raise StopIteration
         self._pipes.started = True
         batch = next(self._iter)[0]
-        images, targets, shared = self._epilogue(batch, self.epoch, self.step)
+        images, targets, shared, params = self._epilogue(batch, self.epoch, self.step)
         if self.spec.targets == "index":
             targets = epilogue.index_targets(batch["labels"], self._rt)
+        out = (images, targets) + ((mix_record(params, self.device),) if self.spec.record else ())
         if self._in_flight is not None:
             # DALI's buffers are read by work just queued (the kernels, the copies into the caller's memory): held
             # until it has completed; or handed out as they are (zero_copy): held until the next call. See InFlight.
             self._in_flight.hold(tuple(batch.values()), read_by_queued_work=not shared)
         if self._next is None and self.step + 1 >= max(1, len(self) - PREFETCH_DEPTH):
             self._pipes.prepare_next(self.epoch + 1)  # this pipeline's last batches: make the next one meanwhile
-        return images, targets
+        return out
 
     def _explain(self, exc: RuntimeError) -> Exception:
         """DALI's read and decode errors do not name the file: find what is wrong now (missing, unreadable, empty,
@@ -378,7 +379,8 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
                        re_prob: float = 0.0, re_mode: str = "const", re_count: int = 1, crop_pct: float = 0.875,
                        val_resize_size: Optional[int] = None, placement: str = "epilogue",
                        zero_copy: bool = False, classes: Union[None, Sequence[str], Mapping[str, int]] = None,
-                       exif_orientation: bool = False, mixup_off_epoch: Optional[int] = None) -> DaliMixupLoader:
+                       exif_orientation: bool = False, mixup_off_epoch: Optional[int] = None,
+                       record: bool = False) -> DaliMixupLoader:
     """A DALI loader of ``(images, targets)`` with Mixup/CutMix fused in (see the README).
 
     Args:
@@ -431,6 +433,13 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
             EXIF orientation tag ignored; True: images rotated/flipped upright by it (DALI's decoder default).
         mixup_off_epoch: training: no mixing from this epoch on (timm's ``--mixup-off-epoch``); None: mixing in
             every epoch. ``loader.mixup_enabled = False`` also switches it off, at the next batch.
+        targets: also "compact": ``CompactTargets`` (per sample the label, the partner's label and λ, with the
+            smoothing; int64/float32 whatever the image dtype; no (B, C) rows), for ``dm.mixup_cross_entropy``
+            and ``dm.mixup_binary_cross_entropy``; the same images as "soft".
+        record: batches are ``(images, targets, record)``, ``record`` a ``MixRecord`` on the batches' device:
+            per sample the partner, λ, CutMix box and kind (TransMix/TokenMix-style reweighting).
+        Compact targets and the record need the fused epilogue when mixing (backend "fused", placement
+            "epilogue").
 
     Every argument is checked here, and every file (see ``find_dataset``); the README's "Bad input" lists what
     each bad input gets.
@@ -442,7 +451,7 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         scale=scale, ratio=ratio, hflip=hflip, targets=targets, interpolation=interpolation,
         color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob, re_mode=re_mode, re_count=re_count,
         crop_pct=crop_pct, val_resize_size=val_resize_size, placement=placement, zero_copy=zero_copy,
-        exif_orientation=exif_orientation, mixup_off_epoch=mixup_off_epoch)
+        exif_orientation=exif_orientation, mixup_off_epoch=mixup_off_epoch, record=record)
     import_dali()  # without DALI: an ImportError naming the extra to install
     dataset = find_dataset(data, num_classes, skip_empty=skip_corrupt, classes=classes)
     if skip_corrupt:

@@ -7,7 +7,7 @@ Any loader can call it; the DALI pipeline calls the same kernels. No host synchr
 from __future__ import annotations
 
 import threading
-from typing import Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .cuda_runtime import _numba_cuda, cuda_device, runtime_for
 from .losses import CompactTargets
 from .params import MixParams, sample_params
 
-__all__ = ["mix_batch", "mix_targets", "OUT_DTYPES", "LAYOUTS"]
+__all__ = ["mix_batch", "mix_targets", "mix_record", "MixRecord", "OUT_DTYPES", "LAYOUTS"]
 
 #: What the image kernel writes for each output dtype.
 OUT_DTYPES = {DTYPES["float32"]: pm.OUT_F32, DTYPES["float16"]: pm.OUT_F16, DTYPES["bfloat16"]: pm.OUT_BF16}
@@ -148,6 +148,31 @@ def _compact_targets(labels, params: MixParams, cfg: MixupConfig, device, rt, ch
         partner = rt.to_device(partner) if rt is not None else partner.to(device)
         b, lam = a[partner], rt.to_device(lam) if rt is not None else lam.to(device)
     return CompactTargets(a, b, lam, cfg.num_classes, cfg.label_smoothing)
+
+
+class MixRecord(NamedTuple):
+    """What a batch's mixing did, per sample, on the batch's device (a loader's ``record=True``): what
+    TransMix/TokenMix-style methods need to reweight the labels (e.g. by attention) without recomputing.
+
+    partner: int64 (B,) the sample mixed into sample i; lam: float32 (B,) the weight of sample i itself (the λ of
+    its images and targets); box: int32 (B, 4) (y0, y1, x0, x1), half-open, timm's order, the CutMix box pasted
+    from the partner (zeros for Mixup); cutmix: bool (B,) CutMix (True) or Mixup (False). Resuming a loader
+    continues the same records (they are the keyed parameters)."""
+
+    partner: torch.Tensor
+    lam: torch.Tensor
+    box: torch.Tensor
+    cutmix: torch.Tensor
+
+
+def mix_record(params: MixParams, device: Union[str, torch.device] = "cpu") -> MixRecord:
+    """in: a batch's ``MixParams`` -> out: its ``MixRecord`` on ``device`` (``"cuda"``: torch's current device),
+    copied through torch-owned pinned staging on the current stream."""
+    device = _target_device(device, None)
+    rt = runtime_for(device)
+    fields = [torch.from_numpy(np.ascontiguousarray(v)) for v in (params.partner, params.lam, params.box,
+                                                                   params.use_cutmix)]
+    return MixRecord(*(rt.to_device(t) if rt is not None else t.to(device) for t in fields))
 
 
 def _target_device(device, labels) -> torch.device:

@@ -27,7 +27,7 @@ __all__ = ["LoaderSpec", "BACKENDS", "DEVICES", "PLACEMENTS", "TARGETS", "DALI_S
 BACKENDS = ("fused", "dali", "none")
 PLACEMENTS = ("epilogue", "graph")  # where the fused kernels run: after DALI's iterator, or inside the pipeline
 DEVICES = ("auto", "gpu", "cpu")
-TARGETS = ("soft", "index")
+TARGETS = ("soft", "index", "compact")
 #: The largest seed DALI takes (an int64).
 DALI_SEED_MAX = 2**63 - 1
 
@@ -69,6 +69,7 @@ class LoaderSpec:
     std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
     zero_copy: bool = False
     skip_corrupt: bool = False
+    record: bool = False
 
     @property
     def mixed_in_graph(self) -> bool:
@@ -97,7 +98,8 @@ class LoaderSpec:
     def from_args(cls, *, batch_size, num_classes, train, image_size, mixup, backend, device, num_threads, seed,
                   shard_id, num_shards, out_dtype, layout, mean, std, device_id, skip_corrupt, scale, ratio, hflip,
                   targets, interpolation, color_jitter, auto_augment, re_prob, re_mode, re_count, crop_pct,
-                  val_resize_size, placement, zero_copy, exif_orientation, mixup_off_epoch) -> "LoaderSpec":
+                  val_resize_size, placement, zero_copy, exif_orientation, mixup_off_epoch,
+                  record=False) -> "LoaderSpec":
         """``create_dali_loader``'s keyword arguments -> the spec; raises naming the argument."""
         batch_size, num_classes, image_size, num_threads = (
             integer(name, value, 1) for name, value in (("batch_size", batch_size), ("num_classes", num_classes),
@@ -112,7 +114,7 @@ class LoaderSpec:
             raise ValueError(f"placement='graph' places the fused kernels: it needs backend='fused', got {backend!r}")
         _check_mixup(mixup, num_classes)
         for name, flag in (("train", train), ("skip_corrupt", skip_corrupt), ("zero_copy", zero_copy),
-                           ("exif_orientation", exif_orientation)):
+                           ("exif_orientation", exif_orientation), ("record", record)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         mean, std = check_normalization(mean, std)
@@ -120,6 +122,7 @@ class LoaderSpec:
             interpolation=interpolation, color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob,
             re_mode=re_mode, re_count=re_count, crop_pct=crop_pct, val_resize_size=val_resize_size))
         targets = _check_targets(targets, train, mixup)
+        _check_drawn_here(targets, record, mixup, backend, placement)
         shard_id, num_shards = _default_shards(shard_id, num_shards)
         # DALI takes an int64 seed; rank r's pipeline uses pipeline_seed(seed, r)
         seed = integer("seed", seed, 0, DALI_SEED_MAX - pipeline_seed(0, num_shards - 1))
@@ -133,7 +136,7 @@ class LoaderSpec:
                    device=device, seed=seed, shard_id=shard_id, num_shards=num_shards, targets=targets,
                    augment=augment, mixup_off_epoch=mixup_off_epoch, device_id=device_id, num_threads=num_threads,
                    out_dtype=out_dtype, layout=layout, mean=mean, std=std, zero_copy=zero_copy,
-                   skip_corrupt=skip_corrupt)
+                   skip_corrupt=skip_corrupt, record=record)
 
 
 def integer(name, value, low=1, high=None) -> int:
@@ -192,6 +195,19 @@ def _check_targets(targets: Optional[str], train: bool, mixup: Optional[MixupCon
         raise ValueError("targets='index' with mixup on a training loader: class indices cannot carry mixed or "
                          "smoothed targets; pass mixup=None (and smooth in the loss) or targets='soft'")
     return targets
+
+
+def _check_drawn_here(targets, record, mixup, backend, placement) -> None:
+    """Compact targets and the mixing record come from the parameters the loader draws for its epilogue; where
+    DALI mixes inside the graph (backend "dali", placement "graph") the parameters are drawn there, prefetched
+    batches ahead of the loader's own mixing switch, so the two could disagree: refused by name."""
+    if mixup is None or (backend == "fused" and placement == "epilogue"):
+        return
+    for name, asked in (("targets='compact'", targets == "compact"), ("record=True", record)):
+        if asked:
+            raise ValueError(f"{name} needs the fused epilogue (backend='fused', placement='epilogue'), where the "
+                             f"loader draws each batch's parameters; got backend={backend!r}, "
+                             f"placement={placement!r}")
 
 
 def _default_shards(shard_id, num_shards) -> Tuple[int, int]:

@@ -4,7 +4,7 @@
   (``ensure_sample_data()``) made small and pointed to by ``$DALI_MIXUP_DATA``. Tracebacks carry the document's
   own line numbers.
 - ```bash: a block whose commands are all quick (``dali-mixup make-sample-data``, ``demo``, ``train ...
-  --max-steps N``) runs for real, in a fresh temporary folder, as a user runs it. Every other command is checked
+  --train-batches-per-epoch N``) runs for real, in a fresh temporary folder, as a user runs it. Every other command is checked
   without running it: each ``dali-mixup`` command line (also after ``torchrun ... -m dali_mixup`` or
   ``python -m dali_mixup``) is parsed by the CLI's own parser (every subcommand and flag exists, every value is
   accepted, no deprecated spelling), the extras of ``pip install -e ".[...]"`` exist, scripts named by path
@@ -169,7 +169,7 @@ def _dali_mixup_args(words):
 
 def _is_quick(words):
     args = _dali_mixup_args(words)
-    return args is not None and bool(args) and (args[0] in QUICK or (args[0] == "train" and "--max-steps" in args))
+    return args is not None and bool(args) and (args[0] in QUICK or (args[0] == "train" and "--train-batches-per-epoch" in args))
 
 
 def _check_parses(block, args):

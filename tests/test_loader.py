@@ -277,3 +277,72 @@ def test_mixup_schedule_still_works_with_a_deprecation_warning(image_folder):
     with pytest.warns(DeprecationWarning, match="mixup_off_epoch"):
         loader.mixup_schedule = lambda epoch: epoch < 1
     assert loader._switch(0) and not loader._switch(1)
+
+
+def test_compact_targets_describe_the_soft_ones(image_folder):
+    """targets="compact": the same images as "soft", and targets whose dense rows are the soft targets; the loss
+    on them equals timm's on the soft ones."""
+    from timm.loss import SoftTargetCrossEntropy
+    cfg = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1)
+    soft = create_dali_loader(image_folder, mixup=cfg, seed=3, **COMMON)
+    compact = create_dali_loader(image_folder, mixup=cfg, seed=3, targets="compact", **COMMON)
+    pairs = list(zip(soft, compact, strict=True))
+    assert len(pairs) == len(soft) > 0
+    for (si, st), (ci, ct) in pairs:
+        assert isinstance(ct, dm.CompactTargets) and ct.a.dtype == ct.b.dtype == torch.int64
+        assert torch.equal(si, ci)
+        torch.testing.assert_close(ct.dense(), st, rtol=0, atol=1e-6)
+        logits = torch.randn(st.shape)
+        torch.testing.assert_close(dm.mixup_cross_entropy(logits, ct), SoftTargetCrossEntropy()(logits, st),
+                                   rtol=1e-5, atol=0)
+
+
+def test_mixing_record_describes_the_images(image_folder):
+    """record=True: (images, targets, record); with the same seed, the un-mixed loader's crops mixed as the record
+    says are the mixed loader's images (Mixup: λ x_i + (1 - λ) x_partner; CutMix: the partner's box pasted)."""
+    cfg = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1)
+    plain = [i for i, _ in create_dali_loader(image_folder, mixup=None, seed=3, **COMMON)]
+    mixed = list(create_dali_loader(image_folder, mixup=cfg, seed=3, record=True, **COMMON))
+    assert len(mixed) == len(plain) > 0
+    kinds = set()
+    for x, (images, _, record) in zip(plain, mixed, strict=True):
+        assert isinstance(record, dm.MixRecord) and record.partner.dtype == torch.int64
+        for i in range(len(x)):
+            p, lam = int(record.partner[i]), float(record.lam[i])
+            if record.cutmix[i]:
+                y0, y1, x0, x1 = (int(v) for v in record.box[i])
+                want = x[i].clone()
+                want[:, y0:y1, x0:x1] = x[p][:, y0:y1, x0:x1]
+                kinds.add("cutmix")
+            else:
+                want = lam * x[i] + (1 - lam) * x[p]
+                kinds.add("mixup")
+            torch.testing.assert_close(images[i], want, rtol=0, atol=2e-5)
+    assert kinds == {"cutmix", "mixup"}
+
+
+def test_record_resumes_with_the_stream(image_folder):
+    kw = dict(mixup=CFG, seed=4, record=True, **COMMON)
+    loader = create_dali_loader(image_folder, **kw)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    rest = [r for _, _, r in it]
+    resumed = create_dali_loader(image_folder, **kw)
+    resumed.load_state_dict(state)
+    again = [r for _, _, r in resumed]
+    assert len(rest) == len(again) == len(loader) - 1
+    assert all(all(torch.equal(u, v) for u, v in zip(a, b, strict=True)) for a, b in zip(rest, again))
+
+
+@pytest.mark.parametrize("kw", [dict(backend="dali"), dict(placement="graph")])
+@pytest.mark.parametrize("ask", [dict(targets="compact"), dict(record=True)])
+def test_compact_and_record_need_the_fused_epilogue(image_folder, kw, ask):
+    with pytest.raises(ValueError, match="needs the fused epilogue"):
+        create_dali_loader(image_folder, mixup=CFG, **kw, **ask, **COMMON)
+
+
+def test_compact_and_record_without_mixing(image_folder):
+    loader = create_dali_loader(image_folder, mixup=None, backend="none", targets="compact", record=True, **COMMON)
+    images, targets, record = next(iter(loader))
+    assert torch.equal(targets.a, targets.b) and bool((targets.lam == 1).all()) and bool((record.lam == 1).all())

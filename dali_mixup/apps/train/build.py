@@ -110,13 +110,11 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
                   out_dtype=torch.float16 if ctx.device.type == "cuda" else torch.float32,
                   layout="NHWC" if args.channels_last else "NCHW", skip_corrupt=args.skip_corrupt)
     train_loader = _loader.create_dali_loader(train_dir, mixup=mix, backend=args.backend if mix else "none",
-                                              seed=args.seed, **common, **getattr(args, "train_loader_options", {}))
+                                              seed=args.seed, mixup_off_epoch=(args.mixup_off_epoch or None)
+                                              if mix else None, **common, **getattr(args, "train_loader_options", {}))
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size}: larger than this process's share of {train_dir} "
                          f"({len(train_loader.dataset)} images over {ctx.world} process(es)): no full batch")
-    if args.mixup_off_epoch:
-        off = args.mixup_off_epoch
-        train_loader.mixup_schedule = lambda epoch: epoch < off
     val_loader = None
     if val_dir is not None:  # numbered by the training classes' names (a class missing from val/ shifts nothing)
         val_loader = _loader.create_dali_loader(val_dir, train=False, classes=train_loader.dataset.classes,
