@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dali_mixup.apps import cli, train
-from dali_mixup.apps.train import epoch as train_epoch
+from dali_mixup.apps.train import build as train_build
 from dali_mixup.apps.train import fit as train_fit
 from dali_mixup.sample_data import make_sample_data
 
@@ -178,14 +178,14 @@ def test_an_unwritable_output_is_refused_before_training(data, tmp_path, monkeyp
 # -- 8, 9. Ctrl-C and SIGTERM, resuming with the run's own flags -------------------------------------------------
 def _signal_at_step(monkeypatch, step, signum):
     calls = {"n": 0}
-    loss = train_epoch.soft_target_cross_entropy
+    loss = train_build.mixup_cross_entropy
 
     def counting(logits, targets):
         calls["n"] += 1
         if calls["n"] == step:
             os.kill(os.getpid(), signum)  # the user's Ctrl-C (or the scheduler's SIGTERM) during this step
         return loss(logits, targets)
-    monkeypatch.setattr(train_epoch, "soft_target_cross_entropy", counting)
+    monkeypatch.setattr(train_build, "mixup_cross_entropy", counting)
     return calls
 
 

@@ -267,3 +267,40 @@ def test_train_batches_per_epoch_trains_every_epoch_from_its_start(data, tmp_pat
     empty = {"train_loss": float("nan"), "img_per_s": 0.0, "seconds": 0.1, "steps": 0}
     train.record(t, 3, empty, None, None)
     assert t.history[-1]["train_loss"] is None  # no steps: nothing recorded as a loss
+
+
+def test_bce_recipe_with_compact_targets_trains(data, tmp_path):
+    """timm's ResNet-strikes-back loss flags (--bce-loss, --bce-target-thresh, --bce-sum, --bce-pos-weight) with the
+    loader's compact targets: the run trains, its loss finite."""
+    out = tmp_path / "bce"
+    _train("--data-dir", str(data), "--epochs", "1", "--output", str(out), "--bce-loss", "--bce-target-thresh", "0.2",
+           "--bce-sum", "--bce-pos-weight", "2", "--targets", "compact", "--train-batches-per-epoch", "2")
+    summary = _no_nan((out / "summary.json").read_text())
+    assert math.isfinite(summary["final"]["train_loss"]) and summary["final"]["train_loss"] > 0
+    saved = json.loads((out / "args.json").read_text())
+    assert (saved["bce_loss"], saved["bce_target_thresh"], saved["bce_sum"], saved["bce_pos_weight"],
+            saved["targets"]) == (True, 0.2, True, 2.0, "compact")  # a resume reuses the same loss
+
+
+def test_make_loss_is_timms(monkeypatch):
+    """The trainer's loss of the flags equals timm's loss of the same flags on the same targets."""
+    from types import SimpleNamespace
+
+    from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
+
+    import dali_mixup as dm
+    from dali_mixup.apps.train.build import make_loss
+    cfg = dm.MixupConfig(50, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1)
+    params = dm.sample_params(cfg, 16, 32, 32, seed=2)
+    labels, logits = torch.randint(0, 50, (16,)), torch.randn(16, 50)
+    dense = dm.mix_targets(labels, cfg, params)
+    compact = dm.CompactTargets(*dm.mix_targets(labels, cfg, params, dense=False), 50, 0.1)
+    plain = SimpleNamespace(bce_loss=False, bce_target_thresh=None, bce_sum=False, bce_pos_weight=None)
+    bce = SimpleNamespace(bce_loss=True, bce_target_thresh=0.2, bce_sum=True, bce_pos_weight=2.0)
+    for args, timm_loss in ((plain, SoftTargetCrossEntropy()),
+                            (bce, BinaryCrossEntropy(target_threshold=0.2, sum_classes=True, pos_weight=2.0))):
+        want = timm_loss(logits, dense)
+        for targets in (dense, compact):
+            torch.testing.assert_close(make_loss(args)(logits, targets), want, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="--bce-target-thresh, --bce-sum: only with --bce-loss"):
+        make_loss(SimpleNamespace(bce_loss=False, bce_target_thresh=0.3, bce_sum=True, bce_pos_weight=None))

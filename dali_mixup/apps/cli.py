@@ -50,6 +50,17 @@ def _add_train(p):
                    help="channels-last model; the loader writes NHWC, no copy")
     g.add_argument("--backend", default="fused", choices=["fused", "dali", "none"],
                    help="mixing by the fused kernel, by DALI's own operators, or no mixing")
+    g.add_argument("--targets", default="soft", choices=["soft", "compact"],
+                   help="targets as dense (B, C) rows, or compact: per sample the two labels and λ, no (B, C) rows "
+                        "(for many classes; the loss reads either)")
+    g.add_argument("--bce-loss", action="store_true",
+                   help="binary cross-entropy on the mixed targets instead of soft-target cross-entropy (timm's)")
+    g.add_argument("--bce-target-thresh", type=probability, metavar="T",
+                   help="with --bce-loss: targets above T become 1, the others 0 (timm's; default: kept soft)")
+    g.add_argument("--bce-sum", action="store_true",
+                   help="with --bce-loss: sum the loss over classes, then average over the batch (timm's)")
+    g.add_argument("--bce-pos-weight", type=positive_float, metavar="W",
+                   help="with --bce-loss: weight of the positive term (timm's; default: 1)")
     add_flag(g, "--train-batches-per-epoch", dest="max_steps", type=positive_int, metavar="N",
              deprecated=["--max-steps", "--train-steps-per-epoch"],
              help="stop each epoch after N batches (optimiser steps), for smoke runs (default: whole epochs)")

@@ -72,7 +72,6 @@ _REASONS = {
     "-vb": "validation uses --batch-size",
     "--validation-batch-size": "validation uses --batch-size",
     "--grad-accum-steps": "one optimiser step per batch",
-    "--bce-loss": "the loss is soft-target cross-entropy",
     "--jsd-loss": "the loss is soft-target cross-entropy",
 }
 

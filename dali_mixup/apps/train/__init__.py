@@ -19,7 +19,7 @@ the last N and the best top-1 kept) -> ``records.summary``; ``signals``: Ctrl-C/
 from .build import Trainer, build, build_model, check_model_name
 from .checkpoint import (CHECKPOINT_KEYS, check_resumable, checkpoint_state, load_checkpoint, plain_args, restore,
                          save_checkpoint)
-from .epoch import progress_bar, soft_target_cross_entropy, train_one_epoch
+from .epoch import progress_bar, train_one_epoch
 from .evaluate import evaluate
 from .fit import run
 from .output import BEST, LAST, prepare_output, run_files
@@ -30,5 +30,5 @@ from .signals import Interrupted, StopRequest
 __all__ = ["BEST", "CHECKPOINT_KEYS", "Context", "Interrupted", "LAST", "METRICS", "StopRequest", "Trainer", "build",
            "build_model", "check_model_name", "check_resumable", "checkpoint_state", "evaluate", "load_checkpoint",
            "plain_args", "prepare_output", "progress_bar", "record", "report", "restore", "run", "run_files",
-           "save_checkpoint", "setup", "soft_target_cross_entropy", "summary", "teardown", "train_one_epoch",
+           "save_checkpoint", "setup", "summary", "teardown", "train_one_epoch",
            "write_metrics", "write_summary"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ... import loader as _loader
+from ...losses import mixup_binary_cross_entropy, mixup_cross_entropy
 from ..args import mixup_config
 from .processes import Context
 
@@ -82,6 +84,7 @@ class Trainer:
     start_epoch: int = 0
     wall_time_s: float = 0.0
     partial: Optional[dict] = None
+    loss_fn: Callable[[torch.Tensor, object], torch.Tensor] = mixup_cross_entropy
 
     @property
     def amp_dtype(self) -> Optional[torch.dtype]:
@@ -111,7 +114,8 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
                   layout="NHWC" if args.channels_last else "NCHW", skip_corrupt=args.skip_corrupt)
     train_loader = _loader.create_dali_loader(train_dir, mixup=mix, backend=args.backend if mix else "none",
                                               seed=args.seed, mixup_off_epoch=(args.mixup_off_epoch or None)
-                                              if mix else None, **common, **getattr(args, "train_loader_options", {}))
+                                              if mix else None, targets=getattr(args, "targets", "soft"),
+                                              **common, **getattr(args, "train_loader_options", {}))
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size}: larger than this process's share of {train_dir} "
                          f"({len(train_loader.dataset)} images over {ctx.world} process(es)): no full batch")
@@ -135,5 +139,21 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     return Trainer(model, net, optimizer, scheduler, scaler, train_loader, val_loader, ctx, amp,
-                   args.channels_last, steps, num_classes, global_batch, lr)
+                   args.channels_last, steps, num_classes, global_batch, lr, loss_fn=make_loss(args))
+
+
+def make_loss(args) -> Callable[[torch.Tensor, object], torch.Tensor]:
+    """The training loss of the flags, on dense or compact targets: soft-target cross-entropy (timm's
+    SoftTargetCrossEntropy), or with --bce-loss timm's BinaryCrossEntropy(--bce-target-thresh, --bce-sum,
+    --bce-pos-weight) as timm's train.py builds it with Mixup."""
+    bce = getattr(args, "bce_loss", False)
+    given = [f"--bce-{name.replace('_', '-')}" for name in ("target_thresh", "pos_weight")
+             if getattr(args, f"bce_{name}", None) is not None] + (["--bce-sum"] if getattr(args, "bce_sum", False)
+                                                                   else [])
+    if not bce:
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --bce-loss")
+        return mixup_cross_entropy
+    return partial(mixup_binary_cross_entropy, target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum,
+                   pos_weight=args.bce_pos_weight)
 

@@ -1,4 +1,5 @@
-"""One training epoch: forward, soft-target loss, backward, step; a tqdm progress bar on the main process."""
+"""One training epoch: forward, the loss (``Trainer.loss_fn``), backward, step; a tqdm progress bar on the main
+process."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import time
 from typing import IO, TYPE_CHECKING, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .build import Trainer
@@ -15,12 +15,6 @@ from .processes import all_sum
 
 if TYPE_CHECKING:
     from .signals import StopRequest
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """in: logits (B, C), soft targets (B, C) -> out: cross-entropy averaged over the batch (timm's
-    SoftTargetCrossEntropy)."""
-    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
 def progress_bar(total: int, desc: str, *, initial: int = 0, file: Optional[IO] = None) -> tqdm:
@@ -44,7 +38,7 @@ def _step(t: Trainer, images: torch.Tensor, targets: torch.Tensor) -> torch.Tens
         images = images.permute(0, 3, 1, 2)  # NHWC batch viewed as channels-last NCHW
     with torch.autocast(t.ctx.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
         logits = t.net(images)
-    loss = soft_target_cross_entropy(logits, targets)
+    loss = t.loss_fn(logits.float(), targets)  # soft-target cross-entropy, or timm's BCE (--bce-loss)
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
     t.scaler.step(t.optimizer)
