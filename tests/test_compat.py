@@ -197,3 +197,21 @@ def test_from_torchvision_args_eval_follows_weights_transforms(sample):
 def test_from_torchvision_args_refuses_what_it_cannot_do_by_name(sample, changes, match):
     with pytest.raises(ValueError, match=match):
         dm.from_torchvision_args(torchvision_args(**changes), train=True, data=sample / "train")
+
+
+def test_from_timm_args_serves_timms_bce_recipe_dense_or_compact(sample):
+    """timm's --bce-loss recipes (ResNet strikes back) take the loader's soft targets as timm's Mixup gives them;
+    asked for compact targets (targets="compact"), dm.mixup_binary_cross_entropy gives timm's value."""
+    from timm.loss import BinaryCrossEntropy
+    args, data_config, mixup_args, train, _, _ = timm_setup(sample, mixup=0.8, cutmix=1.0, bce_loss=True,
+                                                            bce_target_thresh=0.2, bce_sum=False, bce_pos_weight=None)
+    soft = dm.from_timm_args(args, data_config, mixup_args, train=True, data=train)
+    compact = dm.from_timm_args(args, data_config, mixup_args, train=True, data=train, targets="compact")
+    timm_bce = BinaryCrossEntropy(target_threshold=args.bce_target_thresh, sum_classes=args.bce_sum)
+    (si, st), (ci, ct) = next(iter(soft)), next(iter(compact))
+    assert torch.equal(si, ci) and isinstance(ct, dm.CompactTargets)
+    logits = torch.randn(st.shape)
+    want = timm_bce(logits, st)
+    for targets in (st, ct):
+        torch.testing.assert_close(dm.mixup_binary_cross_entropy(logits, targets, target_threshold=0.2), want,
+                                   rtol=1e-5, atol=0)
