@@ -69,7 +69,10 @@ _TIMM_UNSUPPORTED = {
     "jsd_loss": (lambda v: not v, "JSD needs augmentation splits"),
     "resplit": (lambda v: not v, "random erasing has no clean split"),
     "naflex_loader": (lambda v: not v, "NaFlex variable-resolution batches are not supported"),
-    "train_img_sizes": (lambda v: v is None, "batches have one resolution"),
+    "train_img_sizes": (lambda v: v is None, "a size per batch is not supported (a batch has one resolution per "
+                                             "epoch): progressive resizing per epoch is, with "
+                                             "overrides image_size=dm.ResolutionSchedule(min_res, max_res, "
+                                             "end_ramp, start_ramp)"),
     "epoch_repeats": (lambda v: not v, "an epoch is one pass over the data"),
     "train_batches_per_epoch": (lambda v: v is None, "an epoch is one pass over the data"),
 }

@@ -61,7 +61,7 @@ class HandOut:
         images = self._hand_out(images, spec.out_dtype, shared)
         params = None
         if spec.targets == "compact" or spec.record:  # only without mixing (spec): the no-mix parameters
-            size = spec.image_size
+            size = spec.size_at(epoch)
             params = _params(spec, spec.no_mix(), len(batch["labels"]), size, size, epoch, step)
         if spec.targets == "compact":
             targets = _compact_targets(batch["labels"], params, spec.no_mix(), self.rt.device if self.rt else

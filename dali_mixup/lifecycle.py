@@ -132,7 +132,7 @@ class Pipelines:
 
         spec, n = self.spec, len(self.dataset)
         source = self._param_source(epoch)
-        pipe = build_pipeline(self.dataset, spec, seed=epochs.epoch_seed(spec, epoch),
+        pipe = build_pipeline(self.dataset, spec, size=spec.size_at(epoch), seed=epochs.epoch_seed(spec, epoch),
                               shard_id=epochs.reader_shard(spec, epoch), order=self._reader_order(epoch),
                               checkpoint=checkpoint, mix_source=source, mix_step=self._mix_step(epoch),
                               prefetch_queue_depth=PREFETCH_DEPTH)
@@ -154,7 +154,8 @@ class Pipelines:
         if spec.backend != "dali":
             return None
         source = MixParamSource(spec.mixup if spec.mixup is not None else spec.no_mix(), spec.batch_size,
-                                spec.image_size, spec.seed, spec.shard_id, epochs.runs_per_epoch(spec, len(self.dataset)),
+                                spec.size_at(epoch), spec.seed, spec.shard_id,
+                                epochs.runs_per_epoch(spec, len(self.dataset)),
                                 first_epoch=epoch)
         source.enabled = self.switch
         return source

@@ -26,6 +26,7 @@ from .dali import import_dali
 from .datasets import Dataset, diagnose, find_dataset, without_corrupt
 from .lifecycle import PREFETCH_DEPTH, InFlight, Pipelines
 from .mixing import mix_record, precompile_in_background
+from .resolution import Size
 from .spec import BACKENDS, DEVICES, TARGETS, LoaderSpec
 
 __all__ = ["create_dali_loader", "DaliMixupLoader", "BACKENDS", "DEVICES", "TARGETS"]
@@ -93,6 +94,10 @@ class BatchSampler:
     def batch_size(self) -> int:
         return self._loader.batch_size
 
+    def size_at(self, epoch: Optional[int] = None) -> int:
+        """The crop size of ``epoch`` (default: the current one); ``image_size`` may be a schedule."""
+        return self.spec.size_at(self.epoch if epoch is None else epoch)
+
     @property
     def drop_last(self) -> bool:
         return self._loader.drop_last
@@ -155,8 +160,12 @@ class DaliMixupLoader:
         processes fast). ``placement="graph"`` launches the same kernels from DALI's thread: they are ready too."""
         if self.device.type != "cuda" or self.spec.backend != "fused":
             return None
-        return precompile_in_background(self.spec.out_dtype, self.spec.layout, self.spec.image_size,
+        return precompile_in_background(self.spec.out_dtype, self.spec.layout, self.spec.size_at(self.epoch),
                                         self.device.index)
+
+    def size_at(self, epoch: Optional[int] = None) -> int:
+        """The crop size of ``epoch`` (default: the current one); ``image_size`` may be a schedule."""
+        return self.spec.size_at(self.epoch if epoch is None else epoch)
 
     @property
     def drop_last(self) -> bool:
@@ -367,7 +376,7 @@ class DaliMixupLoader:
 
 
 def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_size: int, num_classes: int,
-                       train: bool = True, image_size: int = 224, mixup: Optional[MixupConfig] = None,
+                       train: bool = True, image_size: Size = 224, mixup: Optional[MixupConfig] = None,
                        backend: str = "fused", device: str = "auto", num_threads: int = 4, seed: int = 0,
                        shard_id: Optional[int] = None, num_shards: Optional[int] = None,
                        out_dtype: torch.dtype = torch.float32, layout: str = "NCHW",
@@ -385,7 +394,10 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
 
     Args:
         data: an ImageFolder directory, a file list (``path label`` lines) or WebDataset shards.
-        batch_size, num_classes, image_size: >= 1.
+        batch_size, num_classes: >= 1.
+        image_size: the square crop size, an int >= 1; training also a ``ResolutionSchedule`` (FFCV's progressive
+            resizing: min_res, max_res, end_ramp, start_ramp) or a callable(epoch) -> size: each epoch's pipeline
+            crops to its own size (``loader.size_at(epoch)``; a resumed loader continues at its epoch's size).
         train: random-resized crop (scale (0.08, 1), ratio (3/4, 4/3)) + the augmentations below + flip +
             shuffling + mixing, last partial batch dropped; False: resize the shorter side to
             floor(image_size / crop_pct) (or ``val_resize_size``), centre crop, no augmentation, no mixing, every

@@ -44,13 +44,14 @@ def _parse_cls(cls_bytes, num_classes):
     return np.array(parse_label(text, "a WebDataset .cls member", num_classes or None), dtype=np.int64)
 
 
-def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, seed: int, shard_id: int,
+def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, size: int, seed: int, shard_id: int,
                    order: Optional[np.ndarray] = None, checkpoint: Optional[str] = None,
                    mix_source: Optional[MixParamSource] = None, mix_step: Optional[Callable] = None,
                    prefetch_queue_depth: int = 2):
     """Build (not yet started) the DALI pipeline of one epoch of ``spec`` over ``dataset``. See the module
-    docstring for its outputs. ``seed``: the epoch's seed (the rank is mixed in here); ``shard_id``: the shard the
-    reader reads this epoch; ``checkpoint``: a DALI checkpoint of this pipeline to continue from.
+    docstring for its outputs. ``size``: the epoch's crop size (``spec.size_at(epoch)``); ``seed``: the epoch's
+    seed (the rank is mixed in here); ``shard_id``: the shard the reader reads this epoch; ``checkpoint``: a DALI
+    checkpoint of this pipeline to continue from.
 
     ``order``: a permutation of the files (ImageFolder, file list) or of the shards (WebDataset) that the reader
     reads in (``order.epoch_order``), or None: the dataset's order. Files are read exactly in it (reader shuffle
@@ -64,7 +65,7 @@ def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, seed: int, shard_id: i
     opts = spec.augment
     augment = {k: opts[k] for k in ("interpolation", "color_jitter", "auto_augment", "re_prob", "re_mode",
                                     "re_count")}
-    train, size, exif_orientation = spec.train, spec.image_size, opts["exif_orientation"]
+    train, exif_orientation = spec.train, opts["exif_orientation"]
     decode_device = "mixed" if spec.device == "gpu" else "cpu"
     hints = _GPU_DECODER_HINTS if spec.device == "gpu" else {}
     reader_seed = seed  # WebDataset: the same shuffle on every rank (shards are slices of it); augmentations per rank

@@ -21,6 +21,7 @@ import torch
 
 from .augment import check_augment
 from .config import DTYPES, LAYOUTS, MixupConfig, check_normalization
+from .resolution import Size, check_size, describe, size_at
 
 __all__ = ["LoaderSpec", "BACKENDS", "DEVICES", "PLACEMENTS", "TARGETS", "DALI_SEED_MAX", "pipeline_seed"]
 
@@ -50,7 +51,7 @@ class LoaderSpec:
     batch_size: int = _id()
     num_classes: int = field()
     train: bool = _id()
-    image_size: int = _id()
+    image_size: Size = field(metadata={"identity": True, "describe": describe})
     mixup: Optional[MixupConfig] = _id()
     backend: str = _id()
     placement: str = _id()
@@ -76,6 +77,10 @@ class LoaderSpec:
         """Whether the batches come out of the DALI graph finished (backends dali/none, placement graph)."""
         return self.backend != "fused" or self.placement == "graph"
 
+    def size_at(self, epoch: int) -> int:
+        """The crop size of ``epoch`` (``image_size`` may be a schedule: see ``resolution``)."""
+        return size_at(self.image_size, epoch)
+
     @property
     def torch_device(self) -> torch.device:
         return torch.device("cuda", self.device_id) if self.device == "gpu" else torch.device("cpu")
@@ -91,6 +96,8 @@ class LoaderSpec:
         for f in dataclasses.fields(self):
             if f.metadata.get("identity"):
                 value = getattr(self, f.name)
+                if "describe" in f.metadata:
+                    value = f.metadata["describe"](value)
                 out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return json.loads(json.dumps(out))
 
@@ -101,9 +108,12 @@ class LoaderSpec:
                   val_resize_size, placement, zero_copy, exif_orientation, mixup_off_epoch,
                   record=False) -> "LoaderSpec":
         """``create_dali_loader``'s keyword arguments -> the spec; raises naming the argument."""
-        batch_size, num_classes, image_size, num_threads = (
+        batch_size, num_classes, num_threads = (
             integer(name, value, 1) for name, value in (("batch_size", batch_size), ("num_classes", num_classes),
-                                                        ("image_size", image_size), ("num_threads", num_threads)))
+                                                        ("num_threads", num_threads)))
+        if not isinstance(train, bool):
+            raise TypeError(f"train must be True or False, got {train!r}")
+        image_size = check_size(image_size, train)
         _one_of("backend", backend, BACKENDS)
         _one_of("device", device, DEVICES)
         _one_of("layout", layout, LAYOUTS)
@@ -118,7 +128,7 @@ class LoaderSpec:
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
         mean, std = check_normalization(mean, std)
-        augment = _augment(image_size, train, scale, ratio, hflip, exif_orientation, dict(
+        augment = _augment(size_at(image_size, 0), train, scale, ratio, hflip, exif_orientation, dict(
             interpolation=interpolation, color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob,
             re_mode=re_mode, re_count=re_count, crop_pct=crop_pct, val_resize_size=val_resize_size))
         targets = _check_targets(targets, train, mixup)

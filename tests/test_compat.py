@@ -215,3 +215,11 @@ def test_from_timm_args_serves_timms_bce_recipe_dense_or_compact(sample):
     for targets in (st, ct):
         torch.testing.assert_close(dm.mixup_binary_cross_entropy(logits, targets, target_threshold=0.2), want,
                                    rtol=1e-5, atol=0)
+
+
+def test_from_timm_args_takes_a_progressive_schedule(sample):
+    """timm's per-batch sizes are refused (above); FFCV's per-epoch schedule comes through the overrides."""
+    args, data_config, mixup_args, train, _, _ = timm_setup(sample, mixup=0.8)
+    schedule = dm.ResolutionSchedule(16, 32, end_ramp=1, start_ramp=0, step=16)
+    loader = dm.from_timm_args(args, data_config, mixup_args, train=True, data=train, image_size=schedule)
+    assert next(iter(loader))[0].shape[2:] == (16, 16) and loader.size_at(1) == 32

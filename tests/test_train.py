@@ -304,3 +304,16 @@ def test_make_loss_is_timms(monkeypatch):
             torch.testing.assert_close(make_loss(args)(logits, targets), want, rtol=1e-5, atol=0)
     with pytest.raises(ValueError, match="--bce-target-thresh, --bce-sum: only with --bce-loss"):
         make_loss(SimpleNamespace(bce_loss=False, bce_target_thresh=0.3, bce_sum=True, bce_pos_weight=None))
+
+
+def test_progressive_resizing_flags():
+    """FFCV's four numbers from the command line become the training loader's schedule; --img-size stays the
+    validation size; all four or none."""
+    from dali_mixup import ResolutionSchedule
+    from dali_mixup.apps.train.build import train_size
+    args = cli.parse_args(["train", "--min-res", "160", "--max-res", "192", "--end-ramp", "76", "--start-ramp",
+                           "65", "--img-size", "256"])
+    assert train_size(args) == ResolutionSchedule(160, 192, 76, 65) and args.image_size == 256
+    assert train_size(cli.parse_args(["train", "--img-size", "64"])) == 64
+    with pytest.raises(ValueError, match="--end-ramp, --start-ramp missing"):
+        train_size(cli.parse_args(["train", "--min-res", "160", "--max-res", "192"]))

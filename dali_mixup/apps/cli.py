@@ -50,6 +50,14 @@ def _add_train(p):
                    help="channels-last model; the loader writes NHWC, no copy")
     g.add_argument("--backend", default="fused", choices=["fused", "dali", "none"],
                    help="mixing by the fused kernel, by DALI's own operators, or no mixing")
+    g.add_argument("--min-res", type=positive_int, metavar="N",
+                   help="progressive resizing (FFCV's): training crops of N up to --start-ramp, ramping to --max-res "
+                        "at --end-ramp, multiples of 32 between; --img-size is then the validation size (FFCV's "
+                        "val_res); give all four")
+    g.add_argument("--max-res", type=positive_int, metavar="N", help="progressive resizing: the final crop size")
+    g.add_argument("--end-ramp", type=non_negative_int, metavar="EPOCH", help="progressive resizing: --max-res from here")
+    g.add_argument("--start-ramp", type=non_negative_int, metavar="EPOCH",
+                   help="progressive resizing: --min-res up to here")
     g.add_argument("--targets", default="soft", choices=["soft", "compact"],
                    help="targets as dense (B, C) rows, or compact: per sample the two labels and λ, no (B, C) rows "
                         "(for many classes; the loss reads either)")

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from ... import loader as _loader
 from ...losses import mixup_binary_cross_entropy, mixup_cross_entropy
+from ...resolution import ResolutionSchedule
 from ..args import mixup_config
 from .processes import Context
 
@@ -115,7 +116,8 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
     train_loader = _loader.create_dali_loader(train_dir, mixup=mix, backend=args.backend if mix else "none",
                                               seed=args.seed, mixup_off_epoch=(args.mixup_off_epoch or None)
                                               if mix else None, targets=getattr(args, "targets", "soft"),
-                                              **common, **getattr(args, "train_loader_options", {}))
+                                              **dict(common, image_size=train_size(args)),
+                                              **getattr(args, "train_loader_options", {}))
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {args.batch_size}: larger than this process's share of {train_dir} "
                          f"({len(train_loader.dataset)} images over {ctx.world} process(es)): no full batch")
@@ -140,6 +142,20 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     return Trainer(model, net, optimizer, scheduler, scaler, train_loader, val_loader, ctx, amp,
                    args.channels_last, steps, num_classes, global_batch, lr, loss_fn=make_loss(args))
+
+
+def train_size(args):
+    """The training crop size: --img-size, or FFCV's progressive schedule from --min-res, --max-res, --end-ramp
+    and --start-ramp (then --img-size is the validation size)."""
+    names = ("min_res", "max_res", "end_ramp", "start_ramp")
+    given = [n for n in names if getattr(args, n, None) is not None]
+    if not given:
+        return args.image_size
+    if len(given) < len(names):
+        missing = ", ".join("--" + n.replace("_", "-") for n in names if n not in given)
+        raise ValueError(f"progressive resizing needs --min-res, --max-res, --end-ramp and --start-ramp: {missing} "
+                         f"missing")
+    return ResolutionSchedule(args.min_res, args.max_res, args.end_ramp, args.start_ramp)
 
 
 def make_loss(args) -> Callable[[torch.Tensor, object], torch.Tensor]:
