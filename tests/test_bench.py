@@ -55,7 +55,7 @@ def bench_run(photos, tmp_path_factory):
             code = main(["bench", "--data-dir", str(photos), "--device", "cpu", "--batch-size", "4", "--threads", "1",
                          "--img-size", "32", "--repeats", "2", "--warmup", "1", "--batches", "2", "--workers", "0",
                          "--dtype", "float16", "--configs", "fused", "fused-graph", "dali-nomix", "torch+timm",
-                         "--conditions", "test"])
+                         "--img-sizes", "16", "24", "--conditions", "test"])
     assert code == 0
     return cwd, out.getvalue()
 
@@ -132,3 +132,14 @@ def test_bench_refuses_bad_numbers_naming_the_flag(argv, capsys):
 def test_bench_names_a_missing_data_folder(tmp_path, capsys):
     assert main(["bench", "--data-dir", str(tmp_path / "missing"), "--configs", "fused"]) == 1
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_bench_reports_img_per_s_by_crop_size(bench_run):
+    """--img-sizes: fused and dali-nomix timed at each size in the same run, in the report and its table."""
+    cwd, printed = bench_run
+    (json_file,) = (cwd / "bench-results").glob("*.json")
+    by_size = json.loads(json_file.read_text())["by_size"]
+    assert sorted(by_size) == ["16", "24"]
+    for size in by_size.values():
+        assert size["fused"]["img_per_s_median"] > 0 and size["dali-nomix"]["repetitions"] == 2
+    assert "| 16² |" in printed and "| 24² |" in printed

@@ -18,6 +18,8 @@ the consuming thread's time goes: waiting on the producer (DALI, or the DataLoad
 
 from __future__ import annotations
 
+import argparse
+
 import gc
 import json
 import logging
@@ -300,6 +302,35 @@ def _summarise(names, reps: Dict[str, List[dict]]) -> dict:
     return results
 
 
+def makers_at(data, args, device, num_classes):
+    """size -> {fused, dali-nomix: session maker} at that crop size (the same settings otherwise)."""
+    def at(size):
+        sized = argparse.Namespace(**{**vars(args), "image_size": size})
+        return {"fused": lambda: _dali_session(data, "fused", sized, device, num_classes),
+                "dali-nomix": lambda: _dali_session(data, "none", sized, device, num_classes)}
+    return at
+
+
+def _by_size(args, makers) -> dict:
+    """img/s of fused and dali-nomix at each of ``--img-sizes`` (one loader alive at a time, sizes and the two
+    configurations alternating between repetitions) -> {size: {name: summary}}."""
+    order = [(size, name) for size in args.img_sizes for name in ("fused", "dali-nomix")]
+    reps = {key: [] for key in order}
+    done, total = 0, args.repeats * len(order)
+    for rep in range(args.repeats):
+        for size, name in (order if rep % 2 == 0 else order[::-1]):
+            session = makers(size)[name]()
+            try:
+                reps[(size, name)].append(_measure(session, args.warmup, args.batches))
+            finally:
+                session.close()
+                gc.collect()
+            done += 1
+            _progress(done, total, f"{name}@{size}")
+    return {str(size): _summarise(["fused", "dali-nomix"], {n: reps[(size, n)] for n in ("fused", "dali-nomix")})
+            for size in args.img_sizes}
+
+
 def run(args) -> dict:
     """in: parsed ``bench`` arguments -> out: the report (machine, settings, results per configuration, goals)."""
     device = args.device
@@ -332,6 +363,7 @@ def run(args) -> dict:
             done += 1
             _progress(done, total, name)
     results = _summarise(names, reps)
+    by_size = _by_size(args, makers_at(data, args, device, num_classes)) if args.img_sizes else {}
     goals = {name: {"goal": goal, "ours_over_this": results[name]["ours_over_this"],
                     "met": results[name]["ours_over_this"] >= goal}
              for name, goal in GOALS[device].items() if name in results and "fused" in results}
@@ -340,7 +372,7 @@ def run(args) -> dict:
             "dataloader_workers": args.workers, "warmup_batches": args.warmup, "batches": args.batches,
             "repetitions": args.repeats, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
             "load_average_before": load_before, "load_average_after": _load_average(),
-            "conditions": args.conditions, "results": results, "goals": goals,
+            "conditions": args.conditions, "results": results, "goals": goals, "by_size": by_size,
             "not_run": [c for c in CONFIGS if c not in names]}
 
 
@@ -371,6 +403,15 @@ def markdown(report: dict) -> str:
                      f"| {r['rest_ms_per_batch']:.1f} ms | {r['cpu_ms_per_batch']:.0f} ms | {cpu_ratio} |")
     for name in report["not_run"]:
         lines.append(f"| {name} | not run | | | | | | | |")
+    if report.get("by_size"):
+        lines += ["", "By crop size (fused vs dali-nomix, the same settings otherwise):", "",
+                  "| size | fused img/s | dali-nomix img/s | fused ÷ dali-nomix (same-repetition range) |",
+                  "|---:|---:|---:|---:|"]
+        for size, r in report["by_size"].items():
+            d = r["dali-nomix"]
+            lines.append(f"| {size}² | {r['fused']['img_per_s_median']:.0f} | {d['img_per_s_median']:.0f} | "
+                         f"{d['ours_over_this']:.3f}× ({d['ours_over_this_paired_min']:.3f}–"
+                         f"{d['ours_over_this_paired_max']:.3f}) |")
     if report["goals"]:
         lines += ["", "Goals (ours ÷ this, median): " + "; ".join(
             f"{name} {g['ours_over_this']:.3f}× vs ≥ {g['goal']:.2f}× ({'met' if g['met'] else 'missed'})"

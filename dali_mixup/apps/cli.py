@@ -105,6 +105,9 @@ def _add_bench_only(p):
                    help="batches discarded after each loader is built")
     g.add_argument("--batches", type=positive_int, default=40, metavar="N",
                    help="timed batches per configuration per repetition")
+    g.add_argument("--img-sizes", nargs="+", type=positive_int, default=[], metavar="N",
+                   help="also time fused and dali-nomix at each of these crop sizes (e.g. 160 192 224, progressive "
+                        "resizing's range), alternating, and report img/s per size (default: --img-size only)")
     g.add_argument("--configs", nargs="+", metavar="NAME",
                    default=["fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm"],
                    help="configurations to measure")
