@@ -12,14 +12,13 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from .config import MixupConfig
+from .config import DTYPES, MixupConfig
 from .datasets import find_classes
 from .loader import DaliMixupLoader, create_dali_loader
 
 __all__ = ["from_timm_args", "from_torchvision_args"]
 
-_MODEL_DTYPES = {None: torch.float32, "": torch.float32, "float32": torch.float32, "float16": torch.float16,
-                 "bfloat16": torch.bfloat16}
+_MODEL_DTYPES = {None: DTYPES["float32"], "": DTYPES["float32"], **DTYPES}  # timm's --model-dtype
 
 
 def _source(data):

@@ -33,10 +33,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..config import DTYPES
+
 log = logging.getLogger("dali_mixup")
 
 CONFIGS = ("fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SAMPLES = ("photos", "shapes")
 # ours ÷ configuration, per device kind: the goals of issue #14
 GOALS = {"cpu": {"dali-nomix": 1.0, "torch+timm": 1.8},
