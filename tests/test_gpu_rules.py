@@ -199,7 +199,7 @@ def test_kernels_work_whatever_builtins_print_is(tmp_path, when, job):
 def test_loader_precompiles_the_kernels_it_launches(monkeypatch, device, backend, expected):
     calls = []
     monkeypatch.setattr(loader_mod, "precompile_in_background", lambda *args: calls.append(args) or "thread")
-    fake = types.SimpleNamespace(device=torch.device(device), spec=types.SimpleNamespace(
-        backend=backend, out_dtype=torch.float16, layout="NHWC", image_size=176))
+    fake = types.SimpleNamespace(device=torch.device(device), epoch=0, spec=types.SimpleNamespace(
+        backend=backend, out_dtype=torch.float16, layout="NHWC", size_at=lambda epoch: 176))
     assert loader_mod.DaliMixupLoader._precompile(fake) == ("thread" if expected else None)
     assert calls == expected

@@ -4,6 +4,7 @@ temporaries of dead writers cleaned, an unwritable folder found at the start, a 
 SIGTERM resumable mid-epoch, a resumed run reusing its own flags. In process where it can be (fast), as a user
 runs it (subprocess) where a second process is the point."""
 
+import importlib
 import json
 import os
 import shlex
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from dali_mixup.apps import cli, train
-from dali_mixup.apps.train import build as train_build
+train_build = importlib.import_module("dali_mixup.apps.train.build")  # the module (the package exports build())
 from dali_mixup.apps.train import fit as train_fit
 from dali_mixup.sample_data import make_sample_data
 
