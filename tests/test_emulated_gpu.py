@@ -428,3 +428,43 @@ def test_the_emulation_defers_work_until_waited_for(image_folder, gpu, reference
     torch.cuda.synchronize()
     _assert_same([(images, targets)], reference("fused-epilogue")[:1])
     loader.close()
+
+
+def _step_all(gpu, tensors, out, stream=None):
+    """A step that reads every tensor of a batch (images, compact targets' a, b, λ, the record's fields)."""
+    stream = stream or gpu.current
+    tensors = [gpu.read(t) for t in tensors]
+    slot = len(out)
+    out.append(None)
+
+    def work():
+        out[slot] = [t.clone() for t in tensors]
+
+    stream.enqueue(work)
+
+
+def test_compact_targets_and_the_record_right_on_the_emulated_gpu(image_folder, monkeypatch):
+    """targets="compact" and record=True reach the device through torch-owned staging: a one-ahead loop over two
+    epochs sees, bit for bit, what the plain CPU run gives."""
+    kw = dict(KW, mixup=CFG, targets="compact", record=True)
+
+    def flat(batch):
+        images, targets, record = batch
+        return [images, *targets, *record]
+
+    with create_dali_loader(image_folder, **kw) as loader:
+        want = [[t.clone() for t in flat(b)] for _ in range(EPOCHS) for b in loader]
+    gpu = emu.install(monkeypatch)
+    loader, seen = create_dali_loader(image_folder, **kw), []
+    for _ in range(EPOCHS):
+        it = iter(loader)
+        cur = next(it)
+        for nxt in it:
+            _step_all(gpu, flat(cur), seen)
+            cur = nxt
+        _step_all(gpu, flat(cur), seen)
+    torch.cuda.synchronize()
+    loader.close()
+    assert len(seen) == len(want) > 0 and gpu.pool.released > 0
+    for s, w in zip(seen, want, strict=True):
+        assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(s, w, strict=True))
