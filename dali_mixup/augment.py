@@ -22,6 +22,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .auto_augment import apply_auto_augment, parse_auto_augment
+from .checks import probability
 
 __all__ = ["INTERPOLATIONS", "RE_MODES", "check_augment", "eval_resize_size", "needs_conditionals", "resize",
            "resize_and_centre_crop", "train_augment"]
@@ -36,12 +37,6 @@ _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's "L" and torchvision's graysc
 
 
 # -- options -----------------------------------------------------------------------------------------------------
-
-def _probability(name, value):
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-    return float(value)
-
 
 def _color_jitter(value) -> Optional[Tuple[float, float, float, float]]:
     """None | float | (brightness, contrast, saturation[, hue]) -> None or the 4 strengths (timm's reading)."""
@@ -87,7 +82,7 @@ def check_augment(*, image_size: int, train: bool, interpolation: str = "bilinea
                                         or val_resize_size < image_size):
         raise ValueError(f"val_resize_size must be an int >= image_size={image_size}, got {val_resize_size!r}")
     return dict(interpolation=interpolation, color_jitter=_color_jitter(color_jitter), auto_augment=auto_augment,
-                re_prob=_probability("re_prob", re_prob), re_mode=re_mode, re_count=re_count,
+                re_prob=probability("re_prob", re_prob), re_mode=re_mode, re_count=re_count,
                 crop_pct=float(crop_pct), val_resize_size=val_resize_size)
 
 

@@ -9,6 +9,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .checks import flag, integer, real
+
 __all__ = ["MixupConfig", "MODES", "PAIRINGS", "IMAGENET_MEAN", "IMAGENET_STD", "DTYPES", "LAYOUTS",
            "check_normalization", "normalization_constants"]
 
@@ -23,15 +25,6 @@ LAYOUTS = ("NCHW", "NHWC")
 #: ImageNet channel statistics in timm's convention (fractions of 255), RGB order.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _number(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
 
 
 def check_normalization(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
@@ -66,7 +59,7 @@ def normalization_constants(mean: Sequence[float], std: Sequence[float]) -> Tupl
 
 
 def _probability(name, value):
-    value = _number(name, value)
+    value = real(name, value)  # a TypeError for a non-number, as every field of the config
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
@@ -106,12 +99,9 @@ class MixupConfig:
 
     def __post_init__(self):
         set_ = object.__setattr__
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
-            raise TypeError(f"num_classes must be an int, got {type(self.num_classes).__name__}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        set_(self, "num_classes", integer("num_classes", self.num_classes, 1))
         for name in ("mixup_alpha", "cutmix_alpha"):
-            value = _number(name, getattr(self, name))
+            value = real(name, getattr(self, name))
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables it), got {value}")
             set_(self, name, value)
@@ -119,14 +109,14 @@ class MixupConfig:
             mm = self.cutmix_minmax
             if not isinstance(mm, (tuple, list)) or len(mm) != 2:
                 raise ValueError(f"cutmix_minmax must be a (min, max) pair or None, got {mm!r}")
-            lo = _number("cutmix_minmax[0]", mm[0])
-            hi = _number("cutmix_minmax[1]", mm[1])
+            lo = real("cutmix_minmax[0]", mm[0])
+            hi = real("cutmix_minmax[1]", mm[1])
             if not 0.0 < lo < hi <= 1.0:
                 raise ValueError(f"cutmix_minmax must satisfy 0 < min < max <= 1, got ({lo}, {hi})")
             set_(self, "cutmix_minmax", (lo, hi))
         set_(self, "prob", _probability("prob", self.prob))
         set_(self, "switch_prob", _probability("switch_prob", self.switch_prob))
-        ls = _number("label_smoothing", self.label_smoothing)
+        ls = real("label_smoothing", self.label_smoothing)
         if not 0.0 <= ls < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {ls}")
         set_(self, "label_smoothing", ls)
@@ -134,8 +124,7 @@ class MixupConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {self.pairing!r}")
-        if not isinstance(self.correct_lam, bool):
-            raise TypeError(f"correct_lam must be a bool, got {type(self.correct_lam).__name__}")
+        flag("correct_lam", self.correct_lam)
 
     @property
     def effective_cutmix_alpha(self) -> float:

@@ -18,13 +18,13 @@ Importing this module imports neither DALI nor CuPy: ``mix`` does, when called.
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from . import kernels
+from .checks import integer
 from .config import (DTYPES, IMAGENET_MEAN, IMAGENET_STD, MixupConfig, check_normalization,
                      normalization_constants)
 from .kernels import pixel_math as pm
@@ -188,12 +188,6 @@ def _out_dtype(out_dtype) -> int:
     return OUT_DTYPES[dtype]
 
 
-def _count(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
 def _check_node(name, node, devices):
     from nvidia.dali.data_node import DataNode
     if not isinstance(node, DataNode):
@@ -256,10 +250,10 @@ def mix(images, labels, cfg: MixupConfig, *, flip=None, seed: int = 0, rank: int
     if enabled is not None and not callable(enabled):
         raise TypeError(f"enabled must be a callable(epoch) -> bool or None, got {type(enabled).__name__}")
     out_kind = _out_dtype(out_dtype)
-    seed, rank = _count("seed", seed, 0), _count("rank", rank, 0)
+    seed, rank = integer("seed", seed, 0), integer("rank", rank, 0)
     if batches_per_epoch is not None:
-        batches_per_epoch = _count("batches_per_epoch", batches_per_epoch, 1)
-    first_epoch = _count("first_epoch", first_epoch, 0)
+        batches_per_epoch = integer("batches_per_epoch", batches_per_epoch, 1)
+    first_epoch = integer("first_epoch", first_epoch, 0)
     scale, bias = normalization_constants(*check_normalization(mean, std))
     _check_node("images", images, ("cpu", "gpu"))
     _check_node("labels", labels, ("cpu",))

@@ -43,7 +43,7 @@ def batches(spec: LoaderSpec, n: int, epoch: int) -> int:
 
 def epoch_seed(spec: LoaderSpec, epoch: int) -> int:
     """The DALI seed of ``epoch``'s pipeline (crops, augmentations): a function of (seed, epoch) (the rank is mixed
-    in by ``pipeline.pipeline_seed``). Evaluation has nothing random: the seed itself."""
+    in by ``spec.pipeline_seed``). Evaluation has nothing random: the seed itself."""
     if not spec.train:
         return spec.seed
     return int(np.random.SeedSequence((spec.seed, epoch)).generate_state(1)[0] >> 2)

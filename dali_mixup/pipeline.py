@@ -28,9 +28,9 @@ from .dali import import_dali
 from .datasets import Dataset
 from .order import reorder
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label
-from .spec import DALI_SEED_MAX, LoaderSpec, pipeline_seed
+from .spec import LoaderSpec, pipeline_seed
 
-__all__ = ["build_pipeline", "import_dali", "pipeline_seed", "DALI_SEED_MAX"]
+__all__ = ["build_pipeline"]
 
 # Preallocation hints of DALI's ResNet-50 example, for the mixed (GPU) decoder.
 _GPU_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512, hw_decoder_load=0.65)

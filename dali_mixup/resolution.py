@@ -11,6 +11,8 @@ import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable, Union
 
+from .checks import integer
+
 __all__ = ["ResolutionSchedule", "size_at", "check_size", "describe"]
 
 
@@ -28,12 +30,8 @@ class ResolutionSchedule:
     step: int = 32
 
     def __post_init__(self):
-        for name in ("min_res", "max_res", "step"):
-            _positive(name, getattr(self, name))
-        for name in ("end_ramp", "start_ramp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"ResolutionSchedule.{name} must be an int >= 0, got {value!r}")
+        for name, low in (("min_res", 1), ("max_res", 1), ("step", 1), ("end_ramp", 0), ("start_ramp", 0)):
+            object.__setattr__(self, name, integer(f"ResolutionSchedule.{name}", getattr(self, name), low))
         if self.min_res > self.max_res:
             raise ValueError(f"ResolutionSchedule: min_res={self.min_res} must be <= max_res={self.max_res}")
         if self.start_ramp > self.end_ramp:
@@ -54,17 +52,11 @@ class ResolutionSchedule:
 Size = Union[int, ResolutionSchedule, Callable[[int], int]]
 
 
-def _positive(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
-
-
 def check_size(image_size: Size, train: bool) -> Size:
     """in: ``create_dali_loader``'s ``image_size`` -> out: it, checked: an int >= 1, a ``ResolutionSchedule`` or
     a callable(epoch) -> int (training only: evaluation has one size)."""
     if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
-        return _positive("image_size", image_size)
+        return integer("image_size", image_size, 1)
     if isinstance(image_size, ResolutionSchedule) or callable(image_size):
         if not train:
             raise ValueError("image_size: a schedule is for training loaders; evaluation has one size (an int; "

@@ -20,6 +20,7 @@ from typing import Mapping, Optional, Tuple
 import torch
 
 from .augment import check_augment
+from .checks import flag, integer, one_of, probability
 from .config import DTYPES, LAYOUTS, MixupConfig, check_normalization
 from .resolution import Size, check_size, describe, size_at
 
@@ -111,22 +112,19 @@ class LoaderSpec:
         batch_size, num_classes, num_threads = (
             integer(name, value, 1) for name, value in (("batch_size", batch_size), ("num_classes", num_classes),
                                                         ("num_threads", num_threads)))
-        if not isinstance(train, bool):
-            raise TypeError(f"train must be True or False, got {train!r}")
-        image_size = check_size(image_size, train)
-        _one_of("backend", backend, BACKENDS)
-        _one_of("device", device, DEVICES)
-        _one_of("layout", layout, LAYOUTS)
-        _one_of("placement", placement, PLACEMENTS)
+        image_size = check_size(image_size, flag("train", train))
+        one_of("backend", backend, BACKENDS)
+        one_of("device", device, DEVICES)
+        one_of("layout", layout, LAYOUTS)
+        one_of("placement", placement, PLACEMENTS)
         if out_dtype not in DTYPES.values():
             raise ValueError(f"out_dtype must be torch.float32, torch.float16 or torch.bfloat16, got {out_dtype}")
         if placement == "graph" and backend != "fused":
             raise ValueError(f"placement='graph' places the fused kernels: it needs backend='fused', got {backend!r}")
         _check_mixup(mixup, num_classes)
-        for name, flag in (("train", train), ("skip_corrupt", skip_corrupt), ("zero_copy", zero_copy),
-                           ("exif_orientation", exif_orientation), ("record", record)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        for name, value in (("skip_corrupt", skip_corrupt), ("zero_copy", zero_copy),
+                            ("exif_orientation", exif_orientation), ("record", record)):
+            flag(name, value)
         mean, std = check_normalization(mean, std)
         augment = _augment(size_at(image_size, 0), train, scale, ratio, hflip, exif_orientation, dict(
             interpolation=interpolation, color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob,
@@ -147,21 +145,6 @@ class LoaderSpec:
                    augment=augment, mixup_off_epoch=mixup_off_epoch, device_id=device_id, num_threads=num_threads,
                    out_dtype=out_dtype, layout=layout, mean=mean, std=std, zero_copy=zero_copy,
                    skip_corrupt=skip_corrupt, record=record)
-
-
-def integer(name, value, low=1, high=None) -> int:
-    """in: any integral number (int, NumPy integer) -> out: an int in [low, high]; else an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer in [{low}, {high if high is not None else 'inf'}], got {value}")
-    return value
-
-
-def _one_of(name, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _pair(name, value) -> Tuple[float, float]:
@@ -188,11 +171,10 @@ def _augment(image_size, train, scale, ratio, hflip, exif_orientation, options) 
     scale, ratio = _pair("scale", scale), _pair("ratio", ratio)
     if scale[1] > 1:
         raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
-    if isinstance(hflip, bool) or not isinstance(hflip, numbers.Real) or not 0.0 <= float(hflip) <= 1.0:
-        raise ValueError(f"hflip must be a probability in [0, 1], got {hflip!r}")
+    hflip = probability("hflip", hflip)
     checked = check_augment(image_size=image_size, train=train, **options)
     # exif_orientation decides the pixels: part of the stream's identity
-    return dict(scale=scale, ratio=ratio, hflip=float(hflip), **checked, exif_orientation=exif_orientation)
+    return dict(scale=scale, ratio=ratio, hflip=hflip, **checked, exif_orientation=exif_orientation)
 
 
 def _check_targets(targets: Optional[str], train: bool, mixup: Optional[MixupConfig]) -> str:

@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from .spec import integer
+from .checks import integer
 
 __all__ = ["FORMAT", "Position", "check", "plain"]
 

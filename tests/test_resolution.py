@@ -28,9 +28,10 @@ def test_schedule_is_ffcvs(numbers):
 
 
 @pytest.mark.parametrize("numbers, match", [((192, 160, 5, 1), "min_res"), ((160, 192, 1, 5), "start_ramp"),
-                                            ((0, 192, 5, 1), "min_res"), ((160, 192, -1, 0), "end_ramp")])
+                                            ((0, 192, 5, 1), "min_res"), ((160, 192, -1, 0), "end_ramp"),
+                                            ((160.0, 192, 5, 1), "min_res")])
 def test_schedule_refuses_bad_numbers(numbers, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         dm.ResolutionSchedule(*numbers)
 
 
