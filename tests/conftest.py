@@ -53,6 +53,42 @@ def take():
     return first
 
 
+def _clone(batch):
+    """A batch's tensors cloned, whatever it nests (images, targets, CompactTargets, a MixRecord)."""
+    import torch
+    if isinstance(batch, torch.Tensor):
+        return batch.clone()
+    return tuple(_clone(part) for part in batch)
+
+
+def flat(batch):
+    """Every tensor of a (cloned) batch, in order."""
+    import torch
+    return [batch] if isinstance(batch, torch.Tensor) else [t for part in batch for t in flat(part)]
+
+
+@pytest.fixture
+def resume():
+    """resume(make, skip=1) -> (loader, rest, resumed, again): ``skip`` batches of an epoch, a ``state_dict``
+    there, the rest of that epoch; a second loader from ``make()`` restored from the state, and what it gives (all
+    cloned). Both loaders stay usable (to go on into the next epoch)."""
+
+    def run(make, skip=1):
+        loader = make()
+        it = iter(loader)
+        for _ in range(skip):
+            next(it)
+        state = loader.state_dict()
+        rest = [_clone(batch) for batch in it]
+        resumed = make()
+        resumed.load_state_dict(state)
+        again = [_clone(batch) for batch in resumed]
+        assert len(rest) == len(again) == len(loader) - skip
+        return loader, rest, resumed, again
+
+    return run
+
+
 def _write_jpeg(path, rng, size, mode="RGB", fmt="JPEG"):
     from PIL import Image
     w, h = size

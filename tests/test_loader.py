@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 import dali_mixup as dm
 from dali_mixup.loader import create_dali_loader
+from conftest import flat
 
 CFG = dm.MixupConfig(3, mixup_alpha=0.8, cutmix_alpha=1.0, mode="elem", label_smoothing=0.1)
 COMMON = dict(batch_size=4, num_classes=3, image_size=32, num_threads=1, device="cpu")
@@ -106,19 +107,10 @@ def test_same_seed_same_batches_other_seed_other_batches(image_folder, take):
 
 
 @pytest.mark.parametrize("backend, placement", [("fused", "epilogue"), ("dali", "epilogue"), ("fused", "graph")])
-def test_resume_mid_epoch_continues_the_same_stream(image_folder, backend, placement, take):
+def test_resume_mid_epoch_continues_the_same_stream(image_folder, backend, placement, take, resume):
     kw = dict(mixup=CFG, seed=4, backend=backend, placement=placement, **COMMON)
-    loader = create_dali_loader(image_folder, **kw)
-    it = iter(loader)
-    next(it), next(it)
-    state = loader.state_dict()
-    rest = [(i.clone(), t.clone()) for i, t in it]  # the rest of epoch 0
-    following = take(loader, 2)  # and epoch 1
-    resumed = create_dali_loader(image_folder, **kw)
-    resumed.load_state_dict(state)
-    again = [(i.clone(), t.clone()) for i, t in resumed]
-    assert len(again) == len(rest) == len(loader) - 2
-    for (ri, rt), (ai, at) in zip(rest + following, again + take(resumed, 2), strict=True):
+    loader, rest, resumed, again = resume(lambda: create_dali_loader(image_folder, **kw), skip=2)
+    for (ri, rt), (ai, at) in zip(rest + take(loader, 2), again + take(resumed, 2), strict=True):  # and epoch 1
         assert torch.equal(ri.view(torch.int32), ai.view(torch.int32)) and torch.equal(rt, at)  # as bits
 
 
@@ -321,18 +313,10 @@ def test_mixing_record_describes_the_images(image_folder):
     assert kinds == {"cutmix", "mixup"}
 
 
-def test_record_resumes_with_the_stream(image_folder):
+def test_record_resumes_with_the_stream(image_folder, resume):
     kw = dict(mixup=CFG, seed=4, record=True, **COMMON)
-    loader = create_dali_loader(image_folder, **kw)
-    it = iter(loader)
-    next(it)
-    state = loader.state_dict()
-    rest = [r for _, _, r in it]
-    resumed = create_dali_loader(image_folder, **kw)
-    resumed.load_state_dict(state)
-    again = [r for _, _, r in resumed]
-    assert len(rest) == len(again) == len(loader) - 1
-    assert all(all(torch.equal(u, v) for u, v in zip(a, b, strict=True)) for a, b in zip(rest, again))
+    _, rest, _, again = resume(lambda: create_dali_loader(image_folder, **kw))
+    assert all(torch.equal(u, v) for a, b in zip(rest, again) for u, v in zip(flat(a), flat(b), strict=True))
 
 
 @pytest.mark.parametrize("kw", [dict(backend="dali"), dict(placement="graph")])

@@ -35,7 +35,7 @@ def test_schedule_refuses_bad_numbers(numbers, match):
         dm.ResolutionSchedule(*numbers)
 
 
-def test_epochs_at_their_sizes_across_the_boundary_and_a_resume(image_folder):
+def test_epochs_at_their_sizes_across_the_boundary_and_a_resume(image_folder, resume):
     """Each epoch crops to its own size, the batches per epoch do not change, and a loader resumed mid-epoch 2
     continues at epoch 2's size with the same batches."""
     schedule = dm.ResolutionSchedule(16, 48, end_ramp=2, start_ramp=0, step=16)  # 16, 32, 48
@@ -48,18 +48,17 @@ def test_epochs_at_their_sizes_across_the_boundary_and_a_resume(image_folder):
         counts.append(len(batches))
         sizes.append({tuple(images.shape[2:]) for images in batches})
     assert sizes == [{(16, 16)}, {(32, 32)}, {(48, 48)}] and counts == [len(loader)] * 3
-    loader.set_epoch(2)
-    it = iter(loader)
-    next(it)
-    state = loader.state_dict()
-    rest = [(i.clone(), t.clone()) for i, t in it]
-    resumed = create_dali_loader(image_folder, **kw)
-    resumed.load_state_dict(state)
-    assert resumed.size_at() == 48
-    again = list(resumed)
-    assert len(again) == len(rest) == len(loader) - 1
+
+    def at_epoch_2():
+        made = create_dali_loader(image_folder, **kw)
+        made.set_epoch(2)
+        return made
+
+    _, rest, resumed, again = resume(at_epoch_2)
+    assert resumed.size_at() == 48 and rest[0][0].shape[2:] == (48, 48)
     for (ri, rt), (ai, at) in zip(rest, again, strict=True):
         assert torch.equal(ri, ai) and torch.equal(rt, at)
+    state = at_epoch_2().state_dict()
     other = create_dali_loader(image_folder, **dict(kw, image_size=dm.ResolutionSchedule(16, 48, 3, 0, step=16)))
     with pytest.raises(ValueError, match="image_size was"):
         other.load_state_dict(state)
