@@ -29,8 +29,8 @@ __all__ = ["FusedEpilogue", "HandOut", "for_spec", "index_targets"]
 class FusedEpilogue:
     """The fused kernels on DALI's uint8 output, on torch's current stream (the CPU twin on the CPU)."""
 
-    def __init__(self, spec: LoaderSpec, switch: Callable[[int], bool], runtime):
-        self.spec, self.switch, self.rt = spec, switch, runtime
+    def __init__(self, spec: LoaderSpec, switch: Callable[[int], bool]):
+        self.spec, self.switch = spec, switch
         # on the CPU the kernel takes the cores DALI's threads leave (measured: an oversubscribed kernel spins)
         self.cpu_threads = max(1, len(os.sched_getaffinity(0)) - spec.num_threads) if hasattr(
             os, "sched_getaffinity") else None
@@ -66,6 +66,8 @@ class HandOut:
         if spec.targets == "compact":
             targets = _compact_targets(batch["labels"], params, spec.no_mix(), self.rt.device if self.rt else
                                        torch.device("cpu"), self.rt, False)
+        elif spec.targets == "index":
+            targets = None  # the loader's copy of the labels (index_targets): DALI's one-hot rows are not copied
         else:
             targets = self._hand_out(batch["targets"], torch.float32, shared)
         return images, targets, shared, params
@@ -90,7 +92,7 @@ def _params(spec: LoaderSpec, cfg, n: int, h: int, w: int, epoch: int, step: int
 
 def for_spec(spec: LoaderSpec, switch: Callable[[int], bool], runtime) -> Callable:
     """The strategy of ``spec``'s placement and backend."""
-    return HandOut(spec, runtime) if spec.mixed_in_graph else FusedEpilogue(spec, switch, runtime)
+    return HandOut(spec, runtime) if spec.mixed_in_graph else FusedEpilogue(spec, switch)
 
 
 def index_targets(labels: torch.Tensor, runtime: Optional[object]) -> torch.Tensor:
