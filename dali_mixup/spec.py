@@ -9,6 +9,7 @@ those marks, so a new option is in the resume identity by being declared so, not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -86,9 +87,14 @@ class LoaderSpec:
     def torch_device(self) -> torch.device:
         return torch.device("cuda", self.device_id) if self.device == "gpu" else torch.device("cpu")
 
-    def no_mix(self) -> MixupConfig:
-        """The config of a batch that is not mixed (plain normalisation, smoothed one-hot targets)."""
+    @functools.cached_property
+    def _no_mix(self) -> MixupConfig:
         return self.mixup.no_mix() if self.mixup is not None else MixupConfig(self.num_classes, mixup_alpha=0.0)
+
+    def no_mix(self) -> MixupConfig:
+        """The config of a batch that is not mixed (plain normalisation, smoothed one-hot targets); made once (a
+        batch asks it whenever mixing is off)."""
+        return self._no_mix
 
     def identity(self) -> dict:
         """The options marked ``identity``, as plain JSON data (a state saved with torch.save or json compares

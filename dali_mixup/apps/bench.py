@@ -39,7 +39,7 @@ log = logging.getLogger("dali_mixup")
 
 CONFIGS = ("fused", "fused-graph", "dali-nomix", "dali-ops", "dali+timm", "torch+timm")
 SAMPLES = ("photos", "shapes")
-# ours ÷ configuration, per device kind: the goals of issue #14
+# ours ÷ configuration, per device kind: the targets the report checks
 GOALS = {"cpu": {"dali-nomix": 1.0, "torch+timm": 1.8},
          "gpu": {"dali-nomix": 0.99, "dali+timm": 1.0, "torch+timm": 5.0}}
 _MIX = dict(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0)
