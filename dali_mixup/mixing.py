@@ -135,19 +135,16 @@ def _compact_targets(labels, params: MixParams, cfg: MixupConfig, device, rt, ch
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(np.asarray(labels))
     partner, lam = torch.from_numpy(params.partner), torch.from_numpy(params.lam)
-    on_host = labels.device.type == "cpu" and (rt is None or not rt.is_on_device(labels))
-    if on_host:
-        a = _check_labels(labels, params.batch_size, cfg.num_classes, torch.device("cpu"), check)
-        b = a[partner]
-        if rt is not None:
-            a, b, lam = rt.to_device(a), rt.to_device(b), rt.to_device(lam)
-        elif device.type != "cpu":
-            a, b, lam = a.to(device), b.to(device), lam.to(device)
-    else:
+    if rt is None:  # the CPU: everything stays where it is
+        a = _check_labels(labels, params.batch_size, cfg.num_classes, device, check)
+        return CompactTargets(a, a[partner], lam, cfg.num_classes, cfg.label_smoothing)
+    if rt.is_on_device(labels):  # the gather runs on the device, on the current stream
         a = _check_labels(labels, params.batch_size, cfg.num_classes, device, check, rt)
-        partner = rt.to_device(partner) if rt is not None else partner.to(device)
-        b, lam = a[partner], rt.to_device(lam) if rt is not None else lam.to(device)
-    return CompactTargets(a, b, lam, cfg.num_classes, cfg.label_smoothing)
+        b = a[rt.to_device(partner)]
+    else:  # gathered on the host, then one staged copy each
+        a = _check_labels(labels, params.batch_size, cfg.num_classes, torch.device("cpu"), check)
+        a, b = rt.to_device(a), rt.to_device(a[partner])
+    return CompactTargets(a, b, rt.to_device(lam), cfg.num_classes, cfg.label_smoothing)
 
 
 class MixRecord(NamedTuple):
