@@ -120,10 +120,6 @@ class Pipelines:
         self.built_for: Optional[int] = None  # the epoch of the pipeline in use
         self.started = False  # whether the pipeline in use has given a batch
 
-    @property
-    def iterator(self):
-        return self.owned.iterator
-
     def make(self, epoch: int, checkpoint: Optional[str] = None, first_batch: bool = False) -> Built:
         """A new pipeline and iterator for ``epoch``, from its start or, given ``checkpoint`` (a DALI checkpoint
         of that epoch's pipeline), where that one was; ``first_batch``: run it up to its first batch (and fill
@@ -218,11 +214,9 @@ class Pipelines:
     def start_pass(self, epoch: int, step: int) -> None:
         """A pipeline for ``epoch`` from its start (``step`` 0): the one ``prepare_next`` made when it is for this
         epoch, else a new one."""
-        pending, self.owned.next = self.owned.next, None
-        if pending is not None:
-            made_for, thread, box = pending
-            thread.join()
-            if made_for == epoch and step == 0 and "built" in box:
-                self.use(box["built"])
-                return
-        self.build(epoch)
+        pending = self.owned.next
+        self.drop_next()
+        if pending is not None and pending[0] == epoch and step == 0 and "built" in pending[2]:
+            self.use(pending[2]["built"])
+        else:
+            self.build(epoch)
