@@ -2,7 +2,6 @@
 threads sharing a loader take turns; an interrupted next() loses no batch; state_dict() is a position of the
 batches handed out, whoever asks and whenever; load_state_dict() is all or nothing."""
 
-import os
 import signal
 import threading
 
@@ -94,7 +93,7 @@ def test_keyboard_interrupt_after_dalis_wait_loses_no_batch(image_folder):
     loader = create_dali_loader(image_folder, **KW)
     it = iter(loader)
     got = [_clone(next(it)), _clone(next(it))]
-    loader._iter = _AfterDali(loader, 1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    loader._iter = _AfterDali(loader, 1, lambda: signal.raise_signal(signal.SIGINT))
     with pytest.raises(KeyboardInterrupt):
         next(it)
     assert loader.step == 2
@@ -111,7 +110,7 @@ def test_state_dict_from_a_signal_handler_during_next_is_the_position_handed_out
     saved = []
     old = signal.signal(signal.SIGUSR1, lambda *_: saved.append(loader.state_dict()))
     try:
-        loader._iter = _AfterDali(loader, 1, lambda: os.kill(os.getpid(), signal.SIGUSR1))
+        loader._iter = _AfterDali(loader, 1, lambda: signal.raise_signal(signal.SIGUSR1))
         third = _clone(next(it))
     finally:
         signal.signal(signal.SIGUSR1, old)
