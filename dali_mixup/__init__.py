@@ -14,13 +14,14 @@ from .losses import (CompactTargets, MixupBinaryCrossEntropy, MixupCrossEntropy,
                      mixup_cross_entropy)
 from .mixing import MixRecord, mix_batch, mix_record, mix_targets
 from .params import MixParams, sample_params
-from .resolution import ResolutionSchedule
+from .resolution import PerBatchSizes, ResolutionSchedule
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODES",
     "PAIRINGS",
+    "PerBatchSizes",
     "ResolutionSchedule",
     "CompactTargets",
     "DaliMixupLoader",

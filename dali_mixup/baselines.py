@@ -6,6 +6,8 @@ parameter source, ``dali_ops`` is plain DALI (backend "none": crop_mirror_normal
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -20,17 +22,18 @@ class MixParamSource:
     (seed, epoch, step, rank), as the per-sample arguments DALI's operators take. The pipeline runs
     ``runs_per_epoch`` batches per epoch (the last one padded); run k of a pipeline built for epoch
     ``first_epoch`` is the batch ``params.batch_key(k, runs_per_epoch, first_epoch)``. DALI passes k (its
-    ``BatchInfo.iteration``) and keeps it in its checkpoint, so a pipeline restored from one continues."""
+    ``BatchInfo.iteration``) and keeps it in its checkpoint, so a pipeline restored from one continues.
+    ``size``: callable(epoch, step) -> the batch's crop size (``epochs.crop_size``)."""
 
-    def __init__(self, cfg: MixupConfig, batch_size: int, size: int, seed: int, rank: int, runs_per_epoch: int,
-                 first_epoch: int = 0):
+    def __init__(self, cfg: MixupConfig, batch_size: int, size: Callable[[int, int], int], seed: int, rank: int,
+                 runs_per_epoch: int, first_epoch: int = 0):
         self.cfg, self.batch_size, self.size = cfg, batch_size, size
         self.seed, self.rank, self.runs_per_epoch, self.first_epoch = seed, rank, runs_per_epoch, first_epoch
         self.enabled = lambda epoch: True
 
     def __call__(self, info):
         epoch, step = batch_key(info.iteration, self.runs_per_epoch, self.first_epoch)
-        n, s = self.batch_size, self.size
+        n, s = self.batch_size, self.size(epoch, step)
         cfg = self.cfg if self.enabled(epoch) else self.cfg.no_mix()
         p = sample_params(cfg, n, s, s, seed=self.seed, epoch=epoch, step=step, rank=self.rank)
         partner = [np.array(v, np.int32) for v in p.partner]

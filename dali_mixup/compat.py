@@ -15,6 +15,7 @@ import torch
 from .config import DTYPES, MixupConfig
 from .datasets import find_classes
 from .loader import DaliMixupLoader, create_dali_loader
+from .resolution import PerBatchSizes
 
 __all__ = ["from_timm_args", "from_torchvision_args"]
 
@@ -68,13 +69,27 @@ _TIMM_UNSUPPORTED = {
     "jsd_loss": (lambda v: not v, "JSD needs augmentation splits"),
     "resplit": (lambda v: not v, "random erasing has no clean split"),
     "naflex_loader": (lambda v: not v, "NaFlex variable-resolution batches are not supported"),
-    "train_img_sizes": (lambda v: v is None, "a size per batch is not supported (a batch has one resolution per "
-                                             "epoch): progressive resizing per epoch is, with "
-                                             "overrides image_size=dm.ResolutionSchedule(min_res, max_res, "
-                                             "end_ramp, start_ramp)"),
     "epoch_repeats": (lambda v: not v, "an epoch is one pass over the data"),
     "train_batches_per_epoch": (lambda v: v is None, "an epoch is one pass over the data"),
 }
+
+
+def _timm_sizes(args, size: int):
+    """``--train-img-sizes`` and its options -> a ``PerBatchSizes`` (timm's ScheduledBatchSampler's choices), or
+    ``size`` without them. ``--train-batch-sizes`` other than ``--batch-size`` are refused: DALI's readers fill
+    every run with the pipeline's batch size (a batch size per run needs a Python stage feeding the graph)."""
+    sizes = getattr(args, "train_img_sizes", None)
+    if sizes is None:
+        return size
+    batch_sizes = getattr(args, "train_batch_sizes", None)
+    if batch_sizes and any(b != args.batch_size for b in batch_sizes):
+        raise ValueError(f"timm option train_batch_sizes={batch_sizes!r} is not supported by the DALI loader: every "
+                         f"batch has --batch-size {args.batch_size} images (DALI's readers fill each run with the "
+                         "pipeline's batch size); the per-batch image sizes are supported")
+    progressive = args.train_size_schedule == "progressive"
+    return PerBatchSizes(tuple(sizes), probs=tuple(args.train_size_probs) if args.train_size_probs else None,
+                         schedule=args.train_size_schedule, epochs=args.epochs if progressive else None,
+                         spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
 
 
 def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Mapping[str, Any]] = None, *,
@@ -86,7 +101,10 @@ def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Ma
     ``data`` (the split's folder, file list or shards, or timm's folder dataset for it); ``overrides``: any
     create_dali_loader argument (e.g. ``out_dtype``, ``layout``; for the eval loader
     ``classes=loader_train.dataset.classes``, so val/'s folders are numbered as train/'s).
-    -> training: timm's random-resized crop (``--scale``, ``--ratio``), ``--hflip``, ``--train-interpolation``,
+    -> training: timm's random-resized crop (``--scale``, ``--ratio``) to the model's size or, with
+    ``--train-img-sizes``, a size per batch as timm's scheduled sampler chooses it (``--train-size-probs``,
+    ``--train-size-schedule``, ``--train-size-schedule-spread``, ``--train-size-random-mix``, over ``--epochs``,
+    seeded by ``--seed``), ``--hflip``, ``--train-interpolation``,
     ``--aa``, ``--color-jitter`` (off under ``--aa``, as in timm), ``--reprob``/``--remode``/``--recount``, and
     Mixup/CutMix from ``mixup_args`` with ``--mixup-off-epoch``; targets soft when mixing, else class indices
     (for timm's LabelSmoothingCrossEntropy). Evaluation: resize to input_size / crop_pct, centre crop, the
@@ -105,7 +123,8 @@ def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Ma
         mixup = MixupConfig(**mixup_args) if mixup_args else None
         aa = args.aa or None
         off = getattr(args, "mixup_off_epoch", 0)  # timm switches its own Mixup off; this covers --no-prefetcher
-        kw.update(train=True, batch_size=args.batch_size, mixup=mixup, targets="soft" if mixup else "index",
+        kw.update(train=True, batch_size=args.batch_size, image_size=_timm_sizes(args, size), mixup=mixup,
+                  targets="soft" if mixup else "index",
                   mixup_off_epoch=off if mixup is not None and off else None,
                   scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,
                   interpolation=args.train_interpolation or data_config["interpolation"], auto_augment=aa,

@@ -61,8 +61,8 @@ class HandOut:
         images = self._hand_out(images, spec.out_dtype, shared)
         params = None
         if spec.targets == "compact" or spec.record:  # only without mixing (spec): the no-mix parameters
-            size = spec.size_at(epoch)
-            params = _params(spec, spec.no_mix(), len(batch["labels"]), size, size, epoch, step)
+            h, w = images.shape[2:] if spec.layout == "NCHW" else images.shape[1:3]  # the batch's crop size
+            params = _params(spec, spec.no_mix(), len(batch["labels"]), h, w, epoch, step)
         if spec.targets == "compact":
             targets = _compact_targets(batch["labels"], params, spec.no_mix(), self.rt.device if self.rt else
                                        torch.device("cpu"), self.rt, False)

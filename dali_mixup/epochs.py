@@ -8,11 +8,14 @@ count on every rank, as DDP needs), evaluation its own shard, the last batch par
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
+from .resolution import choices_at
 from .spec import LoaderSpec
 
-__all__ = ["shard_size", "reader_shard", "runs_per_epoch", "batches", "epoch_seed"]
+__all__ = ["shard_size", "reader_shard", "runs_per_epoch", "batches", "epoch_seed", "size_choices", "crop_size"]
 
 
 def reader_shard(spec: LoaderSpec, epoch: int) -> int:
@@ -39,6 +42,18 @@ def batches(spec: LoaderSpec, n: int, epoch: int) -> int:
     if spec.train:
         return (n // spec.num_shards) // spec.batch_size
     return -(-shard_size(spec, n, epoch) // spec.batch_size)
+
+
+def size_choices(spec: LoaderSpec, n: int, epoch: int) -> Optional[np.ndarray]:
+    """A size per batch (``PerBatchSizes``): for each of ``epoch``'s batches the index of its crop size in
+    ``spec.sizes_at(epoch)``, the same on every rank (timm's choice, keyed by (seed, epoch)); else None."""
+    return choices_at(spec.image_size, epoch, batches(spec, n, epoch), spec.seed) if spec.train else None
+
+
+def crop_size(spec: LoaderSpec, n: int, epoch: int, step: int) -> int:
+    """The crop size of batch ``step`` of ``epoch`` (a padded run past the epoch's batches: its first batch's)."""
+    sizes, choices = spec.sizes_at(epoch), size_choices(spec, n, epoch)
+    return sizes[0] if choices is None else sizes[choices[step if step < len(choices) else 0]]
 
 
 def epoch_seed(spec: LoaderSpec, epoch: int) -> int:

@@ -21,7 +21,7 @@ from . import dali, epochs
 from .datasets import Dataset
 from .order import epoch_order
 from .baselines import MixParamSource
-from .pipeline import build_pipeline
+from .pipeline import SizeChoice, build_pipeline
 from .spec import LoaderSpec
 
 __all__ = ["InFlight", "Owned", "Pipelines", "PREFETCH_DEPTH"]
@@ -128,10 +128,10 @@ class Pipelines:
 
         spec, n = self.spec, len(self.dataset)
         source = self._param_source(epoch)
-        pipe = build_pipeline(self.dataset, spec, size=spec.size_at(epoch), seed=epochs.epoch_seed(spec, epoch),
+        pipe = build_pipeline(self.dataset, spec, sizes=spec.sizes_at(epoch), seed=epochs.epoch_seed(spec, epoch),
                               shard_id=epochs.reader_shard(spec, epoch), order=self._reader_order(epoch),
-                              checkpoint=checkpoint, mix_source=source, mix_step=self._mix_step(epoch),
-                              prefetch_queue_depth=PREFETCH_DEPTH)
+                              checkpoint=checkpoint, size_choice=self._size_choice(epoch), mix_source=source,
+                              mix_step=self._mix_step(epoch), prefetch_queue_depth=PREFETCH_DEPTH)
         outputs = ["images", "labels", "targets" if spec.mixed_in_graph else "flip"]
         # PARTIAL for training too: the loader stops after its batches and drops the pipeline (DROP would yield
         # the full batches of this rank's shard, one more than a smaller shard's ranks get)
@@ -150,11 +150,19 @@ class Pipelines:
         if spec.backend != "dali":
             return None
         source = MixParamSource(spec.mixup if spec.mixup is not None else spec.no_mix(), spec.batch_size,
-                                spec.size_at(epoch), spec.seed, spec.shard_id,
+                                partial(epochs.crop_size, spec, len(self.dataset)), spec.seed, spec.shard_id,
                                 epochs.runs_per_epoch(spec, len(self.dataset)),
                                 first_epoch=epoch)
         source.enabled = self.switch
         return source
+
+    def _size_choice(self, epoch: int) -> Optional[SizeChoice]:
+        """A size per batch: the external source of each batch's size, keyed as the mixing parameters."""
+        spec, n = self.spec, len(self.dataset)
+        if epochs.size_choices(spec, n, epoch) is None:
+            return None
+        return SizeChoice(partial(epochs.size_choices, spec, n), spec.batch_size, epochs.runs_per_epoch(spec, n),
+                          first_epoch=epoch)
 
     def _mix_step(self, epoch: int) -> Optional[Callable]:
         """Placement "graph": ``dali.mix`` bound to the spec; its key (epoch, step) is ``epoch`` and the pipeline's

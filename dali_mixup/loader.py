@@ -14,7 +14,7 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -94,9 +94,17 @@ class BatchSampler:
     def batch_size(self) -> int:
         return self._loader.batch_size
 
-    def size_at(self, epoch: Optional[int] = None) -> int:
-        """The crop size of ``epoch`` (default: the current one); ``image_size`` may be a schedule."""
-        return self.spec.size_at(self.epoch if epoch is None else epoch)
+    @property
+    def batch_sizes(self) -> Tuple[int, ...]:
+        """The batch size of each crop size a batch may take (timm's ``ScheduledBatchSampler.batch_sizes``): one
+        batch size here, whatever the size."""
+        loader = self._loader
+        return (loader.batch_size,) * len(loader.spec.sizes_at(loader.epoch))
+
+    @property
+    def average_batch_size(self) -> float:
+        """timm's ``ScheduledBatchSampler.average_batch_size`` (its learning-rate and loss-scale reference)."""
+        return float(self._loader.batch_size)
 
     @property
     def drop_last(self) -> bool:
@@ -160,12 +168,20 @@ class DaliMixupLoader:
         processes fast). ``placement="graph"`` launches the same kernels from DALI's thread: they are ready too."""
         if self.device.type != "cuda" or self.spec.backend != "fused":
             return None
-        return precompile_in_background(self.spec.out_dtype, self.spec.layout, self.spec.size_at(self.epoch),
+        return precompile_in_background(self.spec.out_dtype, self.spec.layout, self.spec.sizes_at(self.epoch),
                                         self.device.index)
 
     def size_at(self, epoch: Optional[int] = None) -> int:
-        """The crop size of ``epoch`` (default: the current one); ``image_size`` may be a schedule."""
+        """The crop size of ``epoch`` (default: the current one); ``image_size`` may be a schedule. A size per
+        batch (``PerBatchSizes``): a ValueError; ``sizes_at`` gives each batch's."""
         return self.spec.size_at(self.epoch if epoch is None else epoch)
+
+    def sizes_at(self, epoch: Optional[int] = None) -> List[int]:
+        """The crop size of each batch of ``epoch`` (default: the current one), ``len(self)`` of them; with
+        ``PerBatchSizes`` the sizes timm's sampler would choose, the same on every rank."""
+        epoch, n = self.epoch if epoch is None else epoch, len(self.dataset)
+        sizes, choices = self.spec.sizes_at(epoch), epochs.size_choices(self.spec, n, epoch)
+        return [sizes[0]] * epochs.batches(self.spec, n, epoch) if choices is None else [sizes[c] for c in choices]
 
     @property
     def drop_last(self) -> bool:
@@ -397,7 +413,9 @@ def create_dali_loader(data: Union[str, os.PathLike, Sequence[str]], *, batch_si
         batch_size, num_classes: >= 1.
         image_size: the square crop size, an int >= 1; training also a ``ResolutionSchedule`` (FFCV's progressive
             resizing: min_res, max_res, end_ramp, start_ramp) or a callable(epoch) -> size: each epoch's pipeline
-            crops to its own size (``loader.size_at(epoch)``; a resumed loader continues at its epoch's size).
+            crops to its own size (``loader.size_at(epoch)``; a resumed loader continues at its epoch's size); or
+            a ``PerBatchSizes`` (timm's ``--train-img-sizes``): each batch at the size timm's scheduled sampler
+            picks for it (``loader.sizes_at(epoch)``).
         train: random-resized crop (scale (0.08, 1), ratio (3/4, 4/3)) + the augmentations below + flip +
             shuffling + mixing, last partial batch dropped; False: resize the shorter side to
             floor(image_size / crop_pct) (or ``val_resize_size``), centre crop, no augmentation, no mixing, every

@@ -30,9 +30,10 @@ def _cpu_kernels():
     return kernels.load("cpu")  # the first call compiles (or loads numba's cache)
 
 
-def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, device_index: int):
+def precompile_in_background(out_dtype: torch.dtype, layout: str, widths: Sequence[int], device_index: int):
     """Start compiling (or loading from numba's on-disk cache) the CUDA kernels ``mix_batch`` will launch for
-    ``out_dtype``/``layout``/``width`` on GPU ``device_index``, in a thread (joined at exit); returns it.
+    ``out_dtype``/``layout`` and images of each of ``widths`` on GPU ``device_index``, in a thread (joined at
+    exit); returns it.
 
     A loader calls it when it is built, so the compile overlaps DALI's warm-up instead of delaying the first
     batch; a launch that needs a kernel still compiling waits for it (``kernels.cuda.kernel`` is thread-safe).
@@ -42,7 +43,8 @@ def precompile_in_background(out_dtype: torch.dtype, layout: str, width: int, de
 
     def run():
         try:
-            _numba_cuda()[0].precompile(OUT_DTYPES[out_dtype], layout == "NCHW", width, device=device_index)
+            for width in widths:  # idempotent: a width whose kernel is ready costs a lookup
+                _numba_cuda()[0].precompile(OUT_DTYPES[out_dtype], layout == "NCHW", width, device=device_index)
         except Exception as exc:  # noqa: BLE001 - reported by the first batch's own compile
             thread.error = exc
 

@@ -4,6 +4,9 @@ CPU-only pipeline, device_id=None), so CPU CI runs the same code as a GPU machin
 in:  encoded images (ImageFolder / file list via readers.file, or WebDataset shards).
 Training: random-resized crop (``scale``, ``ratio``, ``interpolation``), then the augmentations of
 ``augment.train_augment`` (auto_augment, colour jitter, random erasing) on the uint8 crop; the flip is a flag.
+With a size per batch (``resolution.PerBatchSizes``) the resize and the augmentations are built once per size,
+as timm builds a transform per size, and each batch goes through its size's (DALI conditionals: ``select`` on
+the batch's choice, an external source).
 Evaluation: resize the shorter side to ``augment.eval_resize_size`` and crop the centre; nothing random.
 
 out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,),
@@ -18,7 +21,7 @@ out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipp
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -27,10 +30,11 @@ from .baselines import MixParamSource, dali_ops
 from .dali import import_dali
 from .datasets import Dataset
 from .order import reorder
+from .params import batch_key
 from .shards import WDS_IMAGE_EXT, WDS_LABEL_EXT, parse_label
 from .spec import LoaderSpec, pipeline_seed
 
-__all__ = ["build_pipeline"]
+__all__ = ["build_pipeline", "SizeChoice"]
 
 # Preallocation hints of DALI's ResNet-50 example, for the mixed (GPU) decoder.
 _GPU_DECODER_HINTS = dict(device_memory_padding=211025920, host_memory_padding=140544512, hw_decoder_load=0.65)
@@ -44,14 +48,31 @@ def _parse_cls(cls_bytes, num_classes):
     return np.array(parse_label(text, "a WebDataset .cls member", num_classes or None), dtype=np.int64)
 
 
-def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, size: int, seed: int, shard_id: int,
+class SizeChoice:
+    """External source of a size per batch: the index of each run's crop size, as B int32 scalars. Run k of a
+    pipeline built for ``first_epoch`` is the batch ``params.batch_key(k, runs_per_epoch, first_epoch)``;
+    ``choices(epoch)``: the index per batch of that epoch (``epochs.size_choices``); a padded run past the
+    epoch's batches takes its first batch's. DALI keeps k in its checkpoint, so a restored pipeline continues."""
+
+    def __init__(self, choices: Callable[[int], np.ndarray], batch_size: int, runs_per_epoch: int,
+                 first_epoch: int):
+        self.choices, self.batch_size = choices, batch_size
+        self.runs_per_epoch, self.first_epoch = runs_per_epoch, first_epoch
+
+    def __call__(self, info):
+        epoch, step = batch_key(info.iteration, self.runs_per_epoch, self.first_epoch)
+        choices = self.choices(epoch)
+        return [np.array(choices[step if step < len(choices) else 0], np.int32)] * self.batch_size
+
+
+def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, sizes: Sequence[int], seed: int, shard_id: int,
                    order: Optional[np.ndarray] = None, checkpoint: Optional[str] = None,
-                   mix_source: Optional[MixParamSource] = None, mix_step: Optional[Callable] = None,
-                   prefetch_queue_depth: int = 2):
+                   size_choice: Optional[SizeChoice] = None, mix_source: Optional[MixParamSource] = None,
+                   mix_step: Optional[Callable] = None, prefetch_queue_depth: int = 2):
     """Build (not yet started) the DALI pipeline of one epoch of ``spec`` over ``dataset``. See the module
-    docstring for its outputs. ``size``: the epoch's crop size (``spec.size_at(epoch)``); ``seed``: the epoch's
-    seed (the rank is mixed in here); ``shard_id``: the shard the reader reads this epoch; ``checkpoint``: a DALI
-    checkpoint of this pipeline to continue from.
+    docstring for its outputs. ``sizes``: the epoch's crop sizes (``spec.sizes_at(epoch)``), and with more than
+    one the ``size_choice`` of each batch; ``seed``: the epoch's seed (the rank is mixed in here); ``shard_id``:
+    the shard the reader reads this epoch; ``checkpoint``: a DALI checkpoint of this pipeline to continue from.
 
     ``order``: a permutation of the files (ImageFolder, file list) or of the shards (WebDataset) that the reader
     reads in (``order.epoch_order``), or None: the dataset's order. Files are read exactly in it (reader shuffle
@@ -62,6 +83,7 @@ def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, size: int, seed: int, 
     ``mix_step``: backend "fused" only, callable(images, labels, flip=) -> (images, targets) DataNodes that mixes
     inside the graph (a ``dali.mix`` with its arguments bound); None: the iterator's epilogue mixes."""
     fn, pipeline_def, types = import_dali()
+    from nvidia.dali.auto_aug.core import select
     opts = spec.augment
     augment = {k: opts[k] for k in ("interpolation", "color_jitter", "auto_augment", "re_prob", "re_mode",
                                     "re_count")}
@@ -69,11 +91,17 @@ def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, size: int, seed: int, 
     decode_device = "mixed" if spec.device == "gpu" else "cpu"
     hints = _GPU_DECODER_HINTS if spec.device == "gpu" else {}
     reader_seed = seed  # WebDataset: the same shuffle on every rank (shards are slices of it); augmentations per rank
+    if (len(sizes) > 1) != (size_choice is not None) or (len(sizes) > 1 and not train):
+        raise ValueError(f"sizes={tuple(sizes)}: several sizes need a size_choice (training only), one none")
+
+    def crop_to(images, size):  # the random-resized crop's resize and the augmentations, for one size
+        images = aug.resize(images, size=size, interpolation=opts["interpolation"])
+        return aug.train_augment(images, size=size, augment=augment, mean=spec.mean, std=spec.std)
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
                   seed=pipeline_seed(seed, shard_id), enable_checkpointing=True,
                   prefetch_queue_depth=prefetch_queue_depth,
-                  enable_conditionals=train and aug.needs_conditionals(augment))
+                  enable_conditionals=train and (aug.needs_conditionals(augment) or len(sizes) > 1))
     def graph():
         common = dict(shard_id=shard_id, num_shards=spec.num_shards, pad_last_batch=True, name="Reader",
                       seed=reader_seed, dont_use_mmap=True)
@@ -97,12 +125,16 @@ def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, size: int, seed: int, 
                                                    random_area=opts["scale"], random_aspect_ratio=opts["ratio"],
                                                    num_attempts=10, adjust_orientation=exif_orientation,
                                                    **hints)
-            images = aug.resize(images, size=size, interpolation=opts["interpolation"])
             flip = fn.random.coin_flip(probability=opts["hflip"], dtype=types.BOOL)
-            images = aug.train_augment(images, size=size, augment=augment, mean=spec.mean, std=spec.std)
+            if size_choice is None:
+                images = crop_to(images, sizes[0])
+            else:
+                choice = fn.external_source(source=size_choice, batch=True, batch_info=True)
+                images = select([partial(crop_to, size=s) for s in sizes], choice, images)
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB,
                                        adjust_orientation=exif_orientation, **hints)
+            size = sizes[0]
             shorter = aug.eval_resize_size(size, opts["crop_pct"], opts["val_resize_size"])
             images = aug.resize_and_centre_crop(images, encoded, size=size, interpolation=opts["interpolation"],
                                                 shorter=shorter, exif_orientation=exif_orientation)

@@ -23,7 +23,7 @@ import torch
 from .augment import check_augment
 from .checks import flag, integer, one_of, probability
 from .config import DTYPES, LAYOUTS, MixupConfig, check_normalization
-from .resolution import Size, check_size, describe, size_at
+from .resolution import Size, check_size, describe, size_at, sizes_at
 
 __all__ = ["LoaderSpec", "BACKENDS", "DEVICES", "PLACEMENTS", "TARGETS", "DALI_SEED_MAX", "pipeline_seed"]
 
@@ -83,6 +83,10 @@ class LoaderSpec:
         """The crop size of ``epoch`` (``image_size`` may be a schedule: see ``resolution``)."""
         return size_at(self.image_size, epoch)
 
+    def sizes_at(self, epoch: int) -> Tuple[int, ...]:
+        """The crop sizes ``epoch``'s batches take (more than one: a size per batch; see ``resolution``)."""
+        return sizes_at(self.image_size, epoch)
+
     @property
     def torch_device(self) -> torch.device:
         return torch.device("cuda", self.device_id) if self.device == "gpu" else torch.device("cpu")
@@ -132,7 +136,7 @@ class LoaderSpec:
                             ("exif_orientation", exif_orientation), ("record", record)):
             flag(name, value)
         mean, std = check_normalization(mean, std)
-        augment = _augment(size_at(image_size, 0), train, scale, ratio, hflip, exif_orientation, dict(
+        augment = _augment(max(sizes_at(image_size, 0)), train, scale, ratio, hflip, exif_orientation, dict(
             interpolation=interpolation, color_jitter=color_jitter, auto_augment=auto_augment, re_prob=re_prob,
             re_mode=re_mode, re_count=re_count, crop_pct=crop_pct, val_resize_size=val_resize_size))
         targets = _check_targets(targets, train, mixup)

@@ -12,7 +12,8 @@ def timm_args(**changes):
                 train_crop_mode=None, color_jitter=0.4, color_jitter_prob=None, grayscale_prob=None,
                 gaussian_blur_prob=None, aa=None, aug_repeats=0, aug_splits=0, jsd_loss=False, reprob=0.0,
                 remode="pixel", recount=1, resplit=False, train_interpolation="random", naflex_loader=False,
-                train_img_sizes=None, epoch_repeats=0.0, train_batches_per_epoch=None, mixup=0.0, cutmix=0.0,
+                train_img_sizes=None, train_batch_sizes=None, train_size_probs=None, train_size_schedule="constant",
+                train_size_schedule_spread=0.65, train_size_random_mix=0.1, epochs=300, epoch_repeats=0.0, train_batches_per_epoch=None, mixup=0.0, cutmix=0.0,
                 cutmix_minmax=None, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", mixup_off_epoch=0,
                 smoothing=0.1, input_size=None, img_size=32, crop_pct=None, interpolation="", mean=None, std=None,
                 prefetcher=True, channels_last=False, amp=False)

@@ -135,11 +135,13 @@ def test_bench_names_a_missing_data_folder(tmp_path, capsys):
 
 
 def test_bench_reports_img_per_s_by_crop_size(bench_run):
-    """--img-sizes: fused and dali-nomix timed at each size in the same run, in the report and its table."""
+    """--img-sizes: fused and dali-nomix timed at each size and with a size per batch among them, in the same run,
+    in the report and its table."""
     cwd, printed = bench_run
     (json_file,) = (cwd / "bench-results").glob("*.json")
     by_size = json.loads(json_file.read_text())["by_size"]
-    assert sorted(by_size) == ["16", "24"]
+    assert sorted(by_size) == ["16", "24", "per-batch"]
     for size in by_size.values():
         assert size["fused"]["img_per_s_median"] > 0 and size["dali-nomix"]["repetitions"] == 2
-    assert "| 16² |" in printed and "| 24² |" in printed
+    assert "| 16² |" in printed and "| 24² |" in printed and "| a size per batch (16 / 24) |" in printed
+    assert "A size per batch, fused: " in printed and "of the fixed sizes' mean batch time" in printed

@@ -152,8 +152,8 @@ def test_from_timm_args_without_mixing_with_autoaugment_and_model_dtype(sample):
 
 @pytest.mark.parametrize("option,value", [("vflip", 0.5), ("aug_splits", 2), ("no_aug", True),
                                           ("train_crop_mode", "rkrc"), ("grayscale_prob", 0.2),
-                                          ("naflex_loader", True), ("train_img_sizes", [32, 48]),
-                                          ("color_jitter_prob", 0.8)])
+                                          ("naflex_loader", True), ("color_jitter_prob", 0.8),
+                                          ("train_batches_per_epoch", 10)])
 def test_from_timm_args_refuses_what_it_cannot_do_by_name(sample, option, value):
     args, data_config, mixup_args, train, _, _ = timm_setup(sample, **{option: value})
     with pytest.raises(ValueError, match=f"timm option {option}="):
@@ -217,8 +217,44 @@ def test_from_timm_args_serves_timms_bce_recipe_dense_or_compact(sample):
                                    rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("changes", [dict(train_size_schedule="progressive", epochs=3),
+                                     dict(train_size_probs=[0.3, 0.7], train_batch_sizes=[2, 2])])
+def test_from_timm_args_crops_each_batch_to_the_size_timms_loader_gives_it(sample, changes):
+    """--train-img-sizes and its options: each batch is cropped to the size timm's own loader (create_loader with
+    input_size_choices, as train.py builds it) gives the batch in the same place of the same epoch."""
+    from timm.data import create_loader
+    args, data_config, mixup_args, train, _, _ = timm_setup(sample, mixup=0.8, train_img_sizes=[16, 24],
+                                                            batch_size=2, **changes)
+    loader = dm.from_timm_args(args, data_config, mixup_args, train=True, data=train)
+    theirs = create_loader(train, input_size=data_config["input_size"], batch_size=args.batch_size,
+                           is_training=True, input_size_choices=args.train_img_sizes,
+                           batch_size_choices=args.train_batch_sizes, batch_choice_weights=args.train_size_probs,
+                           batch_choice_seed=args.seed, batch_choice_schedule=args.train_size_schedule,
+                           batch_schedule_epochs=args.epochs if args.train_size_schedule == "progressive" else None,
+                           batch_schedule_spread=args.train_size_schedule_spread,
+                           batch_schedule_random_mix=args.train_size_random_mix, num_workers=0,
+                           use_prefetcher=False)  # on the CPU
+    seen = set()
+    for epoch in range(3):
+        theirs.batch_sampler.set_epoch(epoch)  # train.py's _set_loader_epoch
+        loader.sampler.set_epoch(epoch)
+        want = [tuple(images.shape[2:]) for images, _ in theirs]
+        got = [tuple(images.shape[2:]) for images, _ in loader]
+        assert got == want and len(got) == len(loader) == len(theirs)
+        seen |= set(got)
+    assert seen == {(16, 16), (24, 24)}
+    assert loader.batch_sampler.average_batch_size == theirs.batch_sampler.average_batch_size == 2.0
+
+
+def test_from_timm_args_refuses_batch_sizes_per_image_size_by_name(sample):
+    args, data_config, mixup_args, train, _, _ = timm_setup(sample, train_img_sizes=[16, 24],
+                                                            train_batch_sizes=[4, 2])
+    with pytest.raises(ValueError, match=r"timm option train_batch_sizes=\[4, 2\] is not supported"):
+        dm.from_timm_args(args, data_config, mixup_args, train=True, data=train)
+
+
 def test_from_timm_args_takes_a_progressive_schedule(sample):
-    """timm's per-batch sizes are refused (above); FFCV's per-epoch schedule comes through the overrides."""
+    """FFCV's per-epoch schedule comes through the overrides."""
     args, data_config, mixup_args, train, _, _ = timm_setup(sample, mixup=0.8)
     schedule = dm.ResolutionSchedule(16, 32, end_ramp=1, start_ramp=0, step=16)
     loader = dm.from_timm_args(args, data_config, mixup_args, train=True, data=train, image_size=schedule)

@@ -28,13 +28,15 @@ CONFIGS = {
     "dali": dict(mixup=CFG, backend="dali"),
     "none": dict(mixup=None),
     "index-targets": dict(mixup=None, targets="index", out_dtype=torch.float16),
+    # batches of changing shapes: DALI's buffers, the owned copies and the host staging resized batch by batch
+    "per-batch-sizes": dict(mixup=CFG, image_size=dm.PerBatchSizes((16, 20, 24)), layout="NHWC"),
 }
 EPOCHS = 2
 
 
 def _plain(image_folder, config, epochs=EPOCHS):
     """The reference: the same loader on the CPU, nothing emulated, every batch cloned as it comes."""
-    with create_dali_loader(image_folder, **KW, **CONFIGS[config]) as loader:
+    with create_dali_loader(image_folder, **{**KW, **CONFIGS[config]}) as loader:
         return [(i.clone(), t.clone()) for _ in range(epochs) for i, t in loader]
 
 
@@ -117,7 +119,7 @@ PATTERNS = {"each": _each, "one-ahead": _one_ahead, "other-stream": _other_strea
 
 
 def _run(image_folder, gpu, config, pattern, **extra):
-    loader = create_dali_loader(image_folder, **KW, **{**CONFIGS[config], **extra})
+    loader = create_dali_loader(image_folder, **{**KW, **CONFIGS[config], **extra})
     assert loader._in_flight is not None  # the GPU path: a ring of in-flight batches, copies, queued kernels
     out = PATTERNS[pattern](loader, gpu)
     torch.cuda.synchronize()
@@ -208,7 +210,7 @@ def test_mutation_pinned_source_read_in_place_is_seen(gpu, image_folder, monkeyp
 
 def _partial(image_folder, gpu, config, count, end):
     """``count`` batches queued (nothing synchronised), then ``end(loader)`` lets the loader go."""
-    loader, out = create_dali_loader(image_folder, **KW, **CONFIGS[config]), []
+    loader, out = create_dali_loader(image_folder, **{**KW, **CONFIGS[config]}), []
     it = iter(loader)
     for _ in range(count):
         emu.step(gpu, *next(it), out)
@@ -226,7 +228,7 @@ def _close(loader):
 def test_loader_let_go_mid_epoch_after_the_gpu_is_done(image_folder, gpu, reference, config, how):
     if how == "with":
         out = []
-        with create_dali_loader(image_folder, **KW, **CONFIGS[config]) as loader:
+        with create_dali_loader(image_folder, **{**KW, **CONFIGS[config]}) as loader:
             it = iter(loader)
             for _ in range(3):
                 emu.step(gpu, *next(it), out)
@@ -266,7 +268,7 @@ def test_dropped_loader_frees_its_pipelines_at_once(image_folder, config):
     gc.collect()
     gc.disable()
     try:
-        loader = create_dali_loader(image_folder, **KW, **CONFIGS[config])
+        loader = create_dali_loader(image_folder, **{**KW, **CONFIGS[config]})
         for _ in loader:  # the whole epoch: the next epoch's pipeline is pre-built during its last batches
             pass
         pipes = [weakref.ref(loader._pipe)]
@@ -303,13 +305,13 @@ def test_mutation_a_cycle_is_seen(image_folder, monkeypatch):
 
 def test_resume_mid_epoch_on_the_emulated_gpu(image_folder, gpu, reference):
     config, out = "fused-epilogue", []
-    loader = create_dali_loader(image_folder, **KW, **CONFIGS[config])
+    loader = create_dali_loader(image_folder, **{**KW, **CONFIGS[config]})
     it = iter(loader)
     for _ in range(2):
         emu.step(gpu, *next(it), out)
     state = loader.state_dict()  # nothing synchronised: two batches still queued
     del it, loader
-    resumed = create_dali_loader(image_folder, **KW, **CONFIGS[config])
+    resumed = create_dali_loader(image_folder, **{**KW, **CONFIGS[config]})
     resumed.load_state_dict(state)
     for _ in range(EPOCHS):
         for images, targets in resumed:

@@ -191,7 +191,7 @@ def test_kernels_work_whatever_builtins_print_is(tmp_path, when, job):
 # ---- kernels compiled while the loader is built ---------------------------------------------------------------
 
 @pytest.mark.parametrize("device, backend, expected", [
-    ("cuda:1", "fused", [(torch.float16, "NHWC", 176, 1)]),
+    ("cuda:1", "fused", [(torch.float16, "NHWC", (176, 174), 1)]),
     ("cuda:0", "none", []),  # no kernel of ours runs
     ("cuda:0", "dali", []),
     ("cpu", "fused", []),  # the CPU twin: compiled (or cached) at import
@@ -200,6 +200,6 @@ def test_loader_precompiles_the_kernels_it_launches(monkeypatch, device, backend
     calls = []
     monkeypatch.setattr(loader_mod, "precompile_in_background", lambda *args: calls.append(args) or "thread")
     fake = types.SimpleNamespace(device=torch.device(device), epoch=0, spec=types.SimpleNamespace(
-        backend=backend, out_dtype=torch.float16, layout="NHWC", size_at=lambda epoch: 176))
+        backend=backend, out_dtype=torch.float16, layout="NHWC", sizes_at=lambda epoch: (176, 174)))
     assert loader_mod.DaliMixupLoader._precompile(fake) == ("thread" if expected else None)
     assert calls == expected

@@ -143,3 +143,24 @@ def test_gpu_loader_uses_torchs_current_device(image_folder):
     assert loader.device == torch.device("cuda", torch.cuda.current_device())
     images, targets = next(iter(loader))
     assert images.device == loader.device and targets.device == loader.device
+
+
+def test_gpu_a_size_per_batch(image_folder, resume):
+    """PerBatchSizes on the GPU graph (the conditionals split and merge nvJPEG's crops): each batch at its listed
+    size; the graph placement gives the epilogue's bits; DALI's own operators the same images; resume as bits."""
+    kw = dict(GPU, mixup=CFG, seed=5, image_size=dm.PerBatchSizes((24, 28, 32)), out_dtype=torch.float32,
+              auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5)
+
+    def two_epochs(**more):
+        loader = create_dali_loader(image_folder, **{**kw, **more})
+        out = [(i.clone(), t.clone()) for _ in range(2) for i, t in loader]
+        assert [i.shape[-1] for i, _ in out] == loader.sizes_at(0) + loader.sizes_at(1)
+        return out
+
+    epilogue, graph, dali = two_epochs(), two_epochs(placement="graph"), two_epochs(backend="dali")
+    assert len({i.shape[-1] for i, _ in epilogue}) > 1 and _all_same(epilogue, graph)
+    for (ei, et), (di, dt) in zip(epilogue, dali):
+        torch.testing.assert_close(di, ei, rtol=0, atol=2e-4)
+        torch.testing.assert_close(dt, et, rtol=0, atol=1e-6)
+    _, rest, _, again = resume(lambda: create_dali_loader(image_folder, **kw), skip=2)
+    assert _all_same(rest, again)

@@ -228,6 +228,6 @@ def test_batch_key_is_the_one_rule_every_placement_uses(monkeypatch):
     monkeypatch.setattr(dali, "batch_key", recorded)
     info = SimpleNamespace(iteration=4, epoch_idx=0)
     cfg = dm.MixupConfig(10)
-    baselines.MixParamSource(cfg, 2, 8, seed=0, rank=0, runs_per_epoch=3, first_epoch=6)(info)
+    baselines.MixParamSource(cfg, 2, lambda epoch, step: 8, seed=0, rank=0, runs_per_epoch=3, first_epoch=6)(info)
     key = dali._RunKey(2, 3, first_epoch=6)(info)[0]
     assert asked == [(4, 3, 6), (4, 3, 6)] and key.tolist() == [7, 1]

@@ -317,3 +317,26 @@ def test_progressive_resizing_flags():
     assert train_size(cli.parse_args(["train", "--img-size", "64"])) == 64
     with pytest.raises(ValueError, match="--end-ramp, --start-ramp missing"):
         train_size(cli.parse_args(["train", "--min-res", "160", "--max-res", "192"]))
+
+
+def test_per_batch_size_flags_and_a_run(data, tmp_path):
+    """timm's --train-img-sizes and its options become the training loader's PerBatchSizes (--img-size stays the
+    validation size); not with FFCV's per-epoch flags; --train-batch-sizes refused by name; a run trains."""
+    from dali_mixup import PerBatchSizes
+    from dali_mixup.apps.train.build import train_size
+    args = cli.parse_args(["train", "--train-img-sizes", "160", "192", "224", "--train-size-probs", "1", "0", "2",
+                           "--train-size-schedule", "progressive", "--epochs", "30", "--train-size-schedule-spread",
+                           "0.5", "--train-size-random-mix", "0.2", "--img-size", "256"])
+    assert train_size(args) == PerBatchSizes((160, 192, 224), probs=(1.0, 0.0, 2.0), schedule="progressive",
+                                             epochs=30, spread=0.5, random_mix=0.2) and args.image_size == 256
+    with pytest.raises(ValueError, match="alternatives: give one"):
+        train_size(cli.parse_args(["train", "--train-img-sizes", "160", "192", "--min-res", "160"]))
+    refused = _train("--data-dir", str(data), "--train-img-sizes", "32", "48", "--train-batch-sizes", "8", "4",
+                     ok=False)
+    assert refused.returncode == 2 and "timm's --train-batch-sizes is not supported" in refused.stderr
+    out = tmp_path / "run"
+    _train("--data-dir", str(data), "--epochs", "2", "--output", str(out), "--train-img-sizes", "32", "48",
+           "--train-size-schedule", "progressive")
+    summary = _no_nan((out / "summary.json").read_text())
+    assert summary["complete"] and summary["epochs_done"] == 2 and len(summary["history"]) == 2
+    assert all(math.isfinite(row["train_loss"]) for row in summary["history"])

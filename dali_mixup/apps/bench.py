@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ..config import DTYPES
+from ..resolution import PerBatchSizes
 
 log = logging.getLogger("dali_mixup")
 
@@ -303,8 +304,19 @@ def _summarise(names, reps: Dict[str, List[dict]]) -> dict:
     return results
 
 
+def _sizes(args) -> list:
+    """The crop sizes ``--img-sizes`` measures: each, then (two or more) a size per batch chosen among them."""
+    sizes = list(args.img_sizes)
+    return sizes + ([PerBatchSizes(tuple(sizes))] if len(sizes) > 1 else [])
+
+
+def _size_key(size) -> str:
+    return "per-batch" if isinstance(size, PerBatchSizes) else str(size)
+
+
 def makers_at(data, args, device, num_classes):
-    """size -> {fused, dali-nomix: session maker} at that crop size (the same settings otherwise)."""
+    """size (an int or a ``PerBatchSizes``) -> {fused, dali-nomix: session maker} at that crop size (the same
+    settings otherwise)."""
     def at(size):
         sized = argparse.Namespace(**{**vars(args), "image_size": size})
         return {"fused": lambda: _dali_session(data, "fused", sized, device, num_classes),
@@ -313,9 +325,10 @@ def makers_at(data, args, device, num_classes):
 
 
 def _by_size(args, makers) -> dict:
-    """img/s of fused and dali-nomix at each of ``--img-sizes`` (one loader alive at a time, sizes and the two
-    configurations alternating between repetitions) -> {size: {name: summary}}."""
-    order = [(size, name) for size in args.img_sizes for name in ("fused", "dali-nomix")]
+    """img/s of fused and dali-nomix at each of ``--img-sizes`` and with a size per batch among them (one loader
+    alive at a time, sizes and the two configurations alternating between repetitions) -> {size: {name: summary}}
+    (keys: the size, "per-batch")."""
+    order = [(size, name) for size in _sizes(args) for name in ("fused", "dali-nomix")]
     reps = {key: [] for key in order}
     done, total = 0, args.repeats * len(order)
     for rep in range(args.repeats):
@@ -327,9 +340,9 @@ def _by_size(args, makers) -> dict:
                 session.close()
                 gc.collect()
             done += 1
-            _progress(done, total, f"{name}@{size}")
-    return {str(size): _summarise(["fused", "dali-nomix"], {n: reps[(size, n)] for n in ("fused", "dali-nomix")})
-            for size in args.img_sizes}
+            _progress(done, total, f"{name}@{_size_key(size)}")
+    return {_size_key(size): _summarise(["fused", "dali-nomix"], {n: reps[(size, n)] for n in ("fused", "dali-nomix")})
+            for size in _sizes(args)}
 
 
 def run(args) -> dict:
@@ -408,11 +421,19 @@ def markdown(report: dict) -> str:
         lines += ["", "By crop size (fused vs dali-nomix, the same settings otherwise):", "",
                   "| size | fused img/s | dali-nomix img/s | fused ÷ dali-nomix (same-repetition range) |",
                   "|---:|---:|---:|---:|"]
+        fixed = [k for k in report["by_size"] if k != "per-batch"]
         for size, r in report["by_size"].items():
             d = r["dali-nomix"]
-            lines.append(f"| {size}² | {r['fused']['img_per_s_median']:.0f} | {d['img_per_s_median']:.0f} | "
+            label = f"{size}²" if size != "per-batch" else "a size per batch (" + " / ".join(fixed) + ")"
+            lines.append(f"| {label} | {r['fused']['img_per_s_median']:.0f} | {d['img_per_s_median']:.0f} | "
                          f"{d['ours_over_this']:.3f}× ({d['ours_over_this_paired_min']:.3f}–"
                          f"{d['ours_over_this_paired_max']:.3f}) |")
+        if "per-batch" in report["by_size"]:  # uniform choice: a batch's time is the sizes' mean batch time
+            for name in ("fused", "dali-nomix"):
+                rate = report["by_size"]["per-batch"][name]["img_per_s_median"]
+                mean = len(fixed) / sum(1 / report["by_size"][k][name]["img_per_s_median"] for k in fixed)
+                lines += ["", f"A size per batch, {name}: {rate:.0f} img/s, {rate / mean:.3f}× the {mean:.0f} img/s "
+                              "of the fixed sizes' mean batch time."]
     if report["goals"]:
         lines += ["", "Goals (ours ÷ this, median): " + "; ".join(
             f"{name} {g['ours_over_this']:.3f}× vs ≥ {g['goal']:.2f}× ({'met' if g['met'] else 'missed'})"

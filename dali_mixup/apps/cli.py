@@ -58,6 +58,18 @@ def _add_train(p):
     g.add_argument("--end-ramp", type=non_negative_int, metavar="EPOCH", help="progressive resizing: --max-res from here")
     g.add_argument("--start-ramp", type=non_negative_int, metavar="EPOCH",
                    help="progressive resizing: --min-res up to here")
+    g.add_argument("--train-img-sizes", type=positive_int, nargs="+", metavar="N",
+                   help="a training crop size per batch, chosen from these as timm's scheduled sampler chooses "
+                        "(timm's flag; --img-size is then the validation size); not with --min-res")
+    g.add_argument("--train-size-probs", type=non_negative_float, nargs="+", metavar="W",
+                   help="with --train-img-sizes: the sizes' weights (default: uniform)")
+    g.add_argument("--train-size-schedule", default="constant", choices=["constant", "progressive"],
+                   help="with --train-img-sizes: the same weights every epoch, or a window moving from the first "
+                        "size to the last over --epochs (timm's)")
+    g.add_argument("--train-size-schedule-spread", type=non_negative_float, default=0.65, metavar="S",
+                   help="progressive: the window's standard deviation, in size-index units (timm's)")
+    g.add_argument("--train-size-random-mix", type=probability, default=0.1, metavar="P",
+                   help="progressive: the fraction of uniform draws over the sizes in use (timm's)")
     g.add_argument("--targets", default="soft", choices=["soft", "compact"],
                    help="targets as dense (B, C) rows, or compact: per sample the two labels and λ, no (B, C) rows "
                         "(for many classes; the loss reads either)")

@@ -73,6 +73,9 @@ _REASONS = {
     "--validation-batch-size": "validation uses --batch-size",
     "--grad-accum-steps": "one optimiser step per batch",
     "--jsd-loss": "the loss is soft-target cross-entropy",
+    "--train-batch-sizes": "every batch has --batch-size images (DALI's readers fill each run with the pipeline's "
+                           "batch size); --train-img-sizes alone is supported",
+    "--variable-batch-loss-scale": "every batch has --batch-size images, so timm's scale would be 1",
 }
 
 

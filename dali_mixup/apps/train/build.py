@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ... import loader as _loader
 from ...losses import mixup_binary_cross_entropy, mixup_cross_entropy
-from ...resolution import ResolutionSchedule
+from ...resolution import PerBatchSizes, ResolutionSchedule
 from ..args import mixup_config
 from .processes import Context
 
@@ -145,10 +145,20 @@ def build(args, ctx: Context, train_dir: Path, val_dir: Optional[Path], num_clas
 
 
 def train_size(args):
-    """The training crop size: --img-size, or FFCV's progressive schedule from --min-res, --max-res, --end-ramp
-    and --start-ramp (then --img-size is the validation size)."""
+    """The training crop size: --img-size, FFCV's progressive schedule from --min-res, --max-res, --end-ramp and
+    --start-ramp, or timm's size per batch from --train-img-sizes and its options (with either, --img-size is the
+    validation size)."""
     names = ("min_res", "max_res", "end_ramp", "start_ramp")
     given = [n for n in names if getattr(args, n, None) is not None]
+    per_batch = getattr(args, "train_img_sizes", None)
+    if given and per_batch:
+        raise ValueError("--train-img-sizes (a size per batch) and --min-res/--max-res (a size per epoch) are "
+                         "alternatives: give one")
+    if per_batch:
+        return PerBatchSizes(tuple(per_batch), probs=tuple(args.train_size_probs) if args.train_size_probs else None,
+                             schedule=args.train_size_schedule,
+                             epochs=args.epochs if args.train_size_schedule == "progressive" else None,
+                             spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
     if not given:
         return args.image_size
     if len(given) < len(names):
