@@ -129,6 +129,21 @@ def test_diff_block_is_a_recipe_the_recipe_tests_run(block):
     added = [line[1:].strip() for line in block.code.splitlines() if line.startswith("+") and not
              line.startswith("+++")]
     compile("\n".join(added), block.where, "exec")
+    _check_hunk_counts(block)
+
+
+def _check_hunk_counts(block):
+    """A hunk with line numbers (``@@ -a,n +b,m @@``) has n old and m new lines, or ``patch`` refuses the diff."""
+    hunks = re.split(r"^(@@ .* @@.*)$", block.code, flags=re.M)
+    for header, body in zip(hunks[1::2], hunks[2::2]):
+        counts = re.fullmatch(r"@@ -\d+,(\d+) \+\d+,(\d+) @@.*", header)
+        if not counts:
+            continue  # "@@ def main(args): @@": placed by its context, not its numbers
+        lines = [line for line in body.splitlines() if line and line[0] in " +-"]
+        old = sum(line[0] in " -" for line in lines)
+        new = sum(line[0] in " +" for line in lines)
+        if (old, new) != (int(counts.group(1)), int(counts.group(2))):
+            _fail(block, f"hunk {header!r} holds {old} old and {new} new lines: patch would refuse it")
 
 
 def test_both_recipes_are_there():
