@@ -24,8 +24,8 @@ import numpy as np
 from .auto_augment import apply_auto_augment, parse_auto_augment
 from .checks import probability
 
-__all__ = ["INTERPOLATIONS", "RE_MODES", "check_augment", "eval_resize_size", "needs_conditionals", "resize",
-           "resize_and_centre_crop", "train_augment"]
+__all__ = ["INTERPOLATIONS", "RE_MODES", "check_augment", "depends_on_size", "eval_resize_size", "needs_conditionals",
+           "resize", "resize_and_centre_crop", "train_augment"]
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "random")
 RE_MODES = ("const", "rand", "pixel")
@@ -91,6 +91,12 @@ def eval_resize_size(image_size: int, crop_pct: float, val_resize_size: Optional
     return val_resize_size if val_resize_size is not None else math.floor(image_size / crop_pct)
 
 
+def depends_on_size(augment: dict) -> bool:
+    """Whether the training augmentations read the crop size (auto_augment's translations, random erasing's boxes
+    and noise): a size per batch then builds them once per size."""
+    return bool(augment.get("auto_augment") or augment.get("re_prob"))
+
+
 def needs_conditionals(augment: dict) -> bool:
     """Whether the training graph branches per sample (DALI's ``enable_conditionals``)."""
     return bool(augment.get("auto_augment") or augment.get("color_jitter") or augment.get("re_prob"))
@@ -108,9 +114,10 @@ def _interp_type(interpolation: str):
     return fn.cast(pick, dtype=types.DALIDataType.INTERP_TYPE)
 
 
-def resize(images, *, size: int, interpolation: str):
+def resize(images, *, size, interpolation: str):
     """in: uint8 HWC crops of any size -> out: uint8 (size, size, 3), resampled with ``interpolation``,
-    antialiased when shrinking (as torchvision's Resize)."""
+    antialiased when shrinking (as torchvision's Resize). ``size``: an int, or a per-sample float (an argument
+    input: a size per batch)."""
     from nvidia.dali import fn
     return fn.resize(images, resize_x=size, resize_y=size, interp_type=_interp_type(interpolation))
 

@@ -4,9 +4,10 @@ CPU-only pipeline, device_id=None), so CPU CI runs the same code as a GPU machin
 in:  encoded images (ImageFolder / file list via readers.file, or WebDataset shards).
 Training: random-resized crop (``scale``, ``ratio``, ``interpolation``), then the augmentations of
 ``augment.train_augment`` (auto_augment, colour jitter, random erasing) on the uint8 crop; the flip is a flag.
-With a size per batch (``resolution.PerBatchSizes``) the resize and the augmentations are built once per size,
-as timm builds a transform per size, and each batch goes through its size's (DALI conditionals: ``select`` on
-the batch's choice, an external source).
+With a size per batch (``resolution.PerBatchSizes``) the batch's choice comes from an external source: the
+resize takes its size as an argument input, and the augmentations that depend on the size (auto_augment's
+translations, random erasing's boxes) are built once per size, as timm builds a transform per size, each batch
+going through its size's (DALI conditionals: ``select`` on the choice); without those, no conditionals.
 Evaluation: resize the shorter side to ``augment.eval_resize_size`` and crop the centre; nothing random.
 
 out: backend "fused": ``images`` uint8 (B, size, size, 3) HWC RGB crops (unflipped), ``labels`` int64 (B,),
@@ -92,16 +93,16 @@ def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, sizes: Sequence[int], 
     hints = _GPU_DECODER_HINTS if spec.device == "gpu" else {}
     reader_seed = seed  # WebDataset: the same shuffle on every rank (shards are slices of it); augmentations per rank
     if (len(sizes) > 1) != (size_choice is not None) or (len(sizes) > 1 and not train):
-        raise ValueError(f"sizes={tuple(sizes)}: several sizes need a size_choice (training only), one none")
+        raise ValueError(f"build_pipeline: sizes={tuple(sizes)} with size_choice={size_choice!r}: more than one "
+                         "size needs a size_choice (training only), one size none")
 
-    def crop_to(images, size):  # the random-resized crop's resize and the augmentations, for one size
-        images = aug.resize(images, size=size, interpolation=opts["interpolation"])
+    def augment_at(images, size):  # the augmentations after the crop's resize, for crops of ``size``
         return aug.train_augment(images, size=size, augment=augment, mean=spec.mean, std=spec.std)
 
     @pipeline_def(batch_size=spec.batch_size, num_threads=spec.num_threads, device_id=spec.device_id,
                   seed=pipeline_seed(seed, shard_id), enable_checkpointing=True,
                   prefetch_queue_depth=prefetch_queue_depth,
-                  enable_conditionals=train and (aug.needs_conditionals(augment) or len(sizes) > 1))
+                  enable_conditionals=train and aug.needs_conditionals(augment))
     def graph():
         common = dict(shard_id=shard_id, num_shards=spec.num_shards, pad_last_batch=True, name="Reader",
                       seed=reader_seed, dont_use_mmap=True)
@@ -127,10 +128,16 @@ def build_pipeline(dataset: Dataset, spec: LoaderSpec, *, sizes: Sequence[int], 
                                                    **hints)
             flip = fn.random.coin_flip(probability=opts["hflip"], dtype=types.BOOL)
             if size_choice is None:
-                images = crop_to(images, sizes[0])
+                images = aug.resize(images, size=sizes[0], interpolation=opts["interpolation"])
+                images = augment_at(images, sizes[0])
             else:
                 choice = fn.external_source(source=size_choice, batch=True, batch_info=True)
-                images = select([partial(crop_to, size=s) for s in sizes], choice, images)
+                side = types.Constant(np.array(sizes, np.float32))[choice]  # the batch's size, per sample
+                images = aug.resize(images, size=side, interpolation=opts["interpolation"])
+                if aug.depends_on_size(augment):
+                    images = select([partial(augment_at, size=s) for s in sizes], choice, images)
+                else:
+                    images = augment_at(images, None)  # colour jitter at most: nothing reads the size
         else:
             images = fn.decoders.image(encoded, device=decode_device, output_type=types.RGB,
                                        adjust_orientation=exif_orientation, **hints)

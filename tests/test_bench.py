@@ -144,4 +144,5 @@ def test_bench_reports_img_per_s_by_crop_size(bench_run):
     for size in by_size.values():
         assert size["fused"]["img_per_s_median"] > 0 and size["dali-nomix"]["repetitions"] == 2
     assert "| 16² |" in printed and "| 24² |" in printed and "| a size per batch (16 / 24) |" in printed
-    assert "A size per batch, fused: " in printed and "of the fixed sizes' mean batch time" in printed
+    assert "A size per batch, fused: " in printed and "the fixed sizes' rates give for the sizes" in printed
+    assert by_size["per-batch"]["fused"]["img_per_s_expected"] > 0

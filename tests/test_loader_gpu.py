@@ -145,11 +145,13 @@ def test_gpu_loader_uses_torchs_current_device(image_folder):
     assert images.device == loader.device and targets.device == loader.device
 
 
-def test_gpu_a_size_per_batch(image_folder, resume):
-    """PerBatchSizes on the GPU graph (the conditionals split and merge nvJPEG's crops): each batch at its listed
-    size; the graph placement gives the epilogue's bits; DALI's own operators the same images; resume as bits."""
+@pytest.mark.parametrize("augment", [{}, dict(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5)])
+def test_gpu_a_size_per_batch(image_folder, resume, augment):
+    """PerBatchSizes on the GPU graph (the size an argument input of the resize; with auto_augment and random
+    erasing, conditionals split and merge nvJPEG's crops by size): each batch at its listed size; the graph
+    placement gives the epilogue's bits; DALI's own operators the same images; resume as bits."""
     kw = dict(GPU, mixup=CFG, seed=5, image_size=dm.PerBatchSizes((24, 28, 32)), out_dtype=torch.float32,
-              auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5)
+              **augment)
 
     def two_epochs(**more):
         loader = create_dali_loader(image_folder, **{**kw, **more})

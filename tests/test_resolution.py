@@ -131,6 +131,7 @@ def _sides(batches):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(placement="graph"), dict(backend="dali"), dict(mixup=None),
+                                dict(color_jitter=0.4, interpolation="random"),  # reads no size: no branches
                                 dict(layout="NHWC", auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5,
                                      interpolation="random", color_jitter=0.3)])
 def test_each_batch_at_its_size_across_epochs(image_folder, kw):
