@@ -3,8 +3,8 @@ early and ramp up), or of the batch (timm's scheduled resolution, ``--train-img-
 
 Each epoch of the loader is a fresh DALI pipeline, so an epoch's size is simply the size its pipeline crops to:
 no recompilation, no Python stage in the graph, resume lands on the size of the resumed epoch. Per batch
-(``PerBatchSizes``), the pipeline crops to every size and each batch takes one (``pipeline``): the batch's choice
-is an argument input from an external source, a function of (seed, epoch, step), so it is resumable too.
+(``PerBatchSizes``), the batch's size is an argument input of the graph (``pipeline``), from an external source
+that is a function of (seed, epoch, step), so it is resumable too.
 """
 
 from __future__ import annotations
