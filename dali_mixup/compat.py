@@ -87,9 +87,12 @@ def _timm_sizes(args, size: int):
                          f"batch has --batch-size {args.batch_size} images (DALI's readers fill each run with the "
                          "pipeline's batch size); the per-batch image sizes are supported")
     progressive = args.train_size_schedule == "progressive"
-    return PerBatchSizes(tuple(sizes), probs=tuple(args.train_size_probs) if args.train_size_probs else None,
-                         schedule=args.train_size_schedule, epochs=args.epochs if progressive else None,
-                         spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+    try:
+        return PerBatchSizes(tuple(sizes), probs=tuple(args.train_size_probs) if args.train_size_probs else None,
+                             schedule=args.train_size_schedule, epochs=args.epochs if progressive else None,
+                             spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+    except ValueError as exc:
+        raise ValueError(f"timm options train_img_sizes={list(sizes)!r}, train_size_*: {exc}") from exc
 
 
 def from_timm_args(args, data_config: Mapping[str, Any], mixup_args: Optional[Mapping[str, Any]] = None, *,

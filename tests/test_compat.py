@@ -246,10 +246,14 @@ def test_from_timm_args_crops_each_batch_to_the_size_timms_loader_gives_it(sampl
     assert loader.batch_sampler.average_batch_size == theirs.batch_sampler.average_batch_size == 2.0
 
 
-def test_from_timm_args_refuses_batch_sizes_per_image_size_by_name(sample):
+def test_from_timm_args_refuses_batch_sizes_per_image_size_and_names_bad_size_options(sample):
     args, data_config, mixup_args, train, _, _ = timm_setup(sample, train_img_sizes=[16, 24],
                                                             train_batch_sizes=[4, 2])
     with pytest.raises(ValueError, match=r"timm option train_batch_sizes=\[4, 2\] is not supported"):
+        dm.from_timm_args(args, data_config, mixup_args, train=True, data=train)
+    args, data_config, mixup_args, train, _, _ = timm_setup(sample, train_img_sizes=[16, 24],
+                                                            train_size_probs=[0.0, 0.0])
+    with pytest.raises(ValueError, match=r"timm options train_img_sizes=\[16, 24\], train_size_\*: .*positive sum"):
         dm.from_timm_args(args, data_config, mixup_args, train=True, data=train)
 
 

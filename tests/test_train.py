@@ -329,6 +329,8 @@ def test_per_batch_size_flags_and_a_run(data, tmp_path):
                            "0.5", "--train-size-random-mix", "0.2", "--img-size", "256"])
     assert train_size(args) == PerBatchSizes((160, 192, 224), probs=(1.0, 0.0, 2.0), schedule="progressive",
                                              epochs=30, spread=0.5, random_mix=0.2) and args.image_size == 256
+    with pytest.raises(ValueError, match=r"--train-img-sizes 160 192 with --train-size-probs.*probs must be 2"):
+        train_size(cli.parse_args(["train", "--train-img-sizes", "160", "192", "--train-size-probs", "1"]))
     with pytest.raises(ValueError, match="alternatives: give one"):
         train_size(cli.parse_args(["train", "--train-img-sizes", "160", "192", "--min-res", "160"]))
     refused = _train("--data-dir", str(data), "--train-img-sizes", "32", "48", "--train-batch-sizes", "8", "4",

@@ -155,10 +155,14 @@ def train_size(args):
         raise ValueError("--train-img-sizes (a size per batch) and --min-res/--max-res (a size per epoch) are "
                          "alternatives: give one")
     if per_batch:
-        return PerBatchSizes(tuple(per_batch), probs=tuple(args.train_size_probs) if args.train_size_probs else None,
-                             schedule=args.train_size_schedule,
-                             epochs=args.epochs if args.train_size_schedule == "progressive" else None,
-                             spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+        try:
+            return PerBatchSizes(tuple(per_batch), probs=tuple(args.train_size_probs) if args.train_size_probs
+                                 else None, schedule=args.train_size_schedule,
+                                 epochs=args.epochs if args.train_size_schedule == "progressive" else None,
+                                 spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+        except ValueError as exc:
+            raise ValueError(f"--train-img-sizes {' '.join(map(str, per_batch))} with --train-size-probs/"
+                             f"--train-size-schedule: {exc}") from exc
     if not given:
         return args.image_size
     if len(given) < len(names):
