@@ -74,6 +74,20 @@ _TIMM_UNSUPPORTED = {
 }
 
 
+def per_batch_sizes(args) -> Optional[PerBatchSizes]:
+    """timm's scheduled-resolution options of ``args`` (``train_img_sizes``, ``train_size_probs``,
+    ``train_size_schedule`` over ``epochs``, ``train_size_schedule_spread``, ``train_size_random_mix``: timm's
+    train.py's names, which ``dali-mixup train`` shares) -> a ``PerBatchSizes``, or None without
+    ``train_img_sizes``. A bad value raises PerBatchSizes' ValueError (the caller names its flags)."""
+    sizes = getattr(args, "train_img_sizes", None)
+    if sizes is None:
+        return None
+    probs, schedule = args.train_size_probs, args.train_size_schedule
+    return PerBatchSizes(tuple(sizes), probs=tuple(probs) if probs else None, schedule=schedule,
+                         epochs=args.epochs if schedule == "progressive" else None,
+                         spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+
+
 def _timm_sizes(args, size: int):
     """``--train-img-sizes`` and its options -> a ``PerBatchSizes`` (timm's ScheduledBatchSampler's choices), or
     ``size`` without them. ``--train-batch-sizes`` other than ``--batch-size`` are refused: DALI's readers fill
@@ -86,11 +100,8 @@ def _timm_sizes(args, size: int):
         raise ValueError(f"timm option train_batch_sizes={batch_sizes!r} is not supported by the DALI loader: every "
                          f"batch has --batch-size {args.batch_size} images (DALI's readers fill each run with the "
                          "pipeline's batch size); the per-batch image sizes are supported")
-    progressive = args.train_size_schedule == "progressive"
     try:
-        return PerBatchSizes(tuple(sizes), probs=tuple(args.train_size_probs) if args.train_size_probs else None,
-                             schedule=args.train_size_schedule, epochs=args.epochs if progressive else None,
-                             spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+        return per_batch_sizes(args)
     except ValueError as exc:
         raise ValueError(f"timm options train_img_sizes={list(sizes)!r}, train_size_*: {exc}") from exc
 

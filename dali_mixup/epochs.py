@@ -15,7 +15,8 @@ import numpy as np
 from .resolution import choices_at
 from .spec import LoaderSpec
 
-__all__ = ["shard_size", "reader_shard", "runs_per_epoch", "batches", "epoch_seed", "size_choices", "crop_size"]
+__all__ = ["shard_size", "reader_shard", "runs_per_epoch", "batches", "epoch_seed", "size_choices", "crop_sizes",
+           "crop_size"]
 
 
 def reader_shard(spec: LoaderSpec, epoch: int) -> int:
@@ -50,10 +51,16 @@ def size_choices(spec: LoaderSpec, n: int, epoch: int) -> Optional[np.ndarray]:
     return choices_at(spec.image_size, epoch, batches(spec, n, epoch), spec.seed) if spec.train else None
 
 
+def crop_sizes(spec: LoaderSpec, n: int, epoch: int) -> np.ndarray:
+    """The crop size of each of ``epoch``'s batches (int64 (batches,))."""
+    sizes, choices = np.asarray(spec.sizes_at(epoch)), size_choices(spec, n, epoch)
+    return np.full(batches(spec, n, epoch), sizes[0]) if choices is None else sizes[choices]
+
+
 def crop_size(spec: LoaderSpec, n: int, epoch: int, step: int) -> int:
     """The crop size of batch ``step`` of ``epoch`` (a padded run past the epoch's batches: its first batch's)."""
-    sizes, choices = spec.sizes_at(epoch), size_choices(spec, n, epoch)
-    return sizes[0] if choices is None else sizes[choices[step if step < len(choices) else 0]]
+    per_batch = crop_sizes(spec, n, epoch)
+    return int(per_batch[step if step < len(per_batch) else 0])
 
 
 def epoch_seed(spec: LoaderSpec, epoch: int) -> int:

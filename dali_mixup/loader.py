@@ -179,9 +179,7 @@ class DaliMixupLoader:
     def sizes_at(self, epoch: Optional[int] = None) -> List[int]:
         """The crop size of each batch of ``epoch`` (default: the current one), ``len(self)`` of them; with
         ``PerBatchSizes`` the sizes timm's sampler would choose, the same on every rank."""
-        epoch, n = self.epoch if epoch is None else epoch, len(self.dataset)
-        sizes, choices = self.spec.sizes_at(epoch), epochs.size_choices(self.spec, n, epoch)
-        return [sizes[0]] * epochs.batches(self.spec, n, epoch) if choices is None else [sizes[c] for c in choices]
+        return epochs.crop_sizes(self.spec, len(self.dataset), self.epoch if epoch is None else epoch).tolist()
 
     @property
     def drop_last(self) -> bool:

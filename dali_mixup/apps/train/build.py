@@ -15,7 +15,8 @@ import torch.distributed as dist
 
 from ... import loader as _loader
 from ...losses import mixup_binary_cross_entropy, mixup_cross_entropy
-from ...resolution import PerBatchSizes, ResolutionSchedule
+from ...compat import per_batch_sizes
+from ...resolution import ResolutionSchedule
 from ..args import mixup_config
 from .processes import Context
 
@@ -156,10 +157,7 @@ def train_size(args):
                          "alternatives: give one")
     if per_batch:
         try:
-            return PerBatchSizes(tuple(per_batch), probs=tuple(args.train_size_probs) if args.train_size_probs
-                                 else None, schedule=args.train_size_schedule,
-                                 epochs=args.epochs if args.train_size_schedule == "progressive" else None,
-                                 spread=args.train_size_schedule_spread, random_mix=args.train_size_random_mix)
+            return per_batch_sizes(args)
         except ValueError as exc:
             raise ValueError(f"--train-img-sizes {' '.join(map(str, per_batch))} with --train-size-probs/"
                              f"--train-size-schedule: {exc}") from exc
